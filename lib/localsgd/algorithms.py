@@ -1,0 +1,385 @@
+"""Local GD, Local SGD and their baselines as one compiled program each.
+
+Every algorithm has the signature ``run(config, spec, params0, data, key) -> TrainOutput``:
+
+* ``local_sgd``: every round, each client starts from the averaged model ``W_bar``, takes ``tau``
+  steps ``W_k <- W_k - eta * grad F_k^B(W_k)`` on minibatches ``B`` of ``batch_size`` samples
+  drawn uniformly *without replacement* from its own data, independently at every step; then the
+  server averages ``W_bar <- sum_k (n_k / n) W_k``.
+* ``local_gd``: the same with full local gradients ``grad F_k``.
+* ``gd``: centralised gradient descent on the pooled data, one step per round (``tau = 1``).
+* ``minibatch_sgd``: synchronous minibatch SGD, one step per round (``tau = 1``): every client
+  computes a minibatch gradient at ``W_bar`` and the server steps along their weighted mean. With
+  the same key it draws the same minibatches as ``local_sgd`` with ``tau = 1``.
+
+The program: clients are a leading array axis; ``vmap`` runs a local step on all clients at once,
+``lax.scan`` runs the ``tau`` local steps, the rounds between evaluations and the evaluations.
+Metrics are recorded inside the scan, at round 0 and after every ``eval_every`` rounds. Only the
+learning rate and arrays are traced, so a new seed, new data values or a new ``eta`` reuse the
+compiled program; :func:`sweep` vmaps whole runs over seeds and learning rates.
+
+A run whose weights become non-finite stops updating (it keeps the last finite weights) and
+reports the round in ``TrainOutput.diverged_at``; :func:`divergence_message` says what to lower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import diagnostics as dg
+from . import model
+from .data import ClientData
+
+ALGORITHMS = ("local_sgd", "local_gd", "gd", "minibatch_sgd")
+STOCHASTIC = ("local_sgd", "minibatch_sgd")
+# Metric name -> the arrays it records (each with a leading evaluation axis).
+METRICS = {
+    "loss": ("loss",),  # F(W_bar), scalar
+    "client_loss": ("client_loss",),  # F_k(W_bar), (K,)
+    "grad_norm": ("grad_norm",),  # ||grad F(W_bar)||, scalar
+    "pl_ratio": ("pl_ratio",),  # ||grad F||^2 / F, scalar
+    "dist": ("dist", "dist_rel"),  # ||W_l - W_l(0)|| (L,), ||W - W(0)|| / ||W(0)||
+    "flips": ("flips",),  # fraction of signs differing from initialisation, scalar
+    "ever_flipped": ("ever_flipped",),  # fraction of signs that differed at any evaluation so far
+    "forward_norms": ("forward_norms",),  # mean ||h_l|| per hidden layer, (layers,)
+    "gap": ("gap", "gap_rel"),  # ||grad F_k(W_k) - grad F_k(W_bar)|| at round end, (K,) each
+    "local_flips": ("local_flips",),  # signs differing between W_k and W_bar on client k, (K,)
+    "drift": ("drift",),  # ||W_k - W_bar||, (K,)
+}
+ROUND_END = ("gap", "local_flips", "drift")  # need the local models before averaging
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What to run; validated on construction (a bad field raises ValueError naming it).
+
+    Attributes:
+      algorithm: one of ``ALGORITHMS``.
+      rounds: communication rounds ``R``; the run takes ``R * tau`` local steps per client.
+      tau: local steps per round (1 for ``gd`` and ``minibatch_sgd``).
+      eta: step size, positive and finite.
+      batch_size: ``b`` for the stochastic algorithms (at most the smallest client's size);
+        ``None`` for the full-batch ones.
+      eval_every: rounds between recorded metrics; must divide ``rounds``.
+      metrics: names from ``METRICS``.
+    """
+
+    algorithm: str = "local_sgd"
+    rounds: int = 10
+    tau: int = 1
+    eta: float = 0.1
+    batch_size: int | None = None
+    eval_every: int = 1
+    metrics: tuple = ("loss",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        for name in ("rounds", "tau", "eval_every"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.algorithm in ("gd", "minibatch_sgd") and self.tau != 1:
+            raise ValueError(
+                f"tau must be 1 for algorithm={self.algorithm!r} (one step per round), got {self.tau!r}"
+            )
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float, np.floating)) or not (
+            math.isfinite(self.eta) and self.eta > 0
+        ):
+            raise ValueError(f"eta must be a positive finite number, got {self.eta!r}")
+        if self.algorithm in STOCHASTIC:
+            if not _is_int(self.batch_size) or self.batch_size < 1:
+                raise ValueError(
+                    f"batch_size must be an integer >= 1 for algorithm={self.algorithm!r}, "
+                    f"got {self.batch_size!r}"
+                )
+        elif self.batch_size is not None:
+            raise ValueError(
+                f"batch_size must be None for full-batch algorithm={self.algorithm!r}, "
+                f"got {self.batch_size!r}"
+            )
+        if self.rounds % self.eval_every:
+            raise ValueError(
+                f"eval_every must divide rounds={self.rounds}, got {self.eval_every!r}"
+            )
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {tuple(METRICS)}, got {self.metrics!r}")
+
+    @property
+    def steps(self) -> int:
+        """Local steps (gradient evaluations) per client over the whole run."""
+        return self.rounds * self.tau
+
+    @property
+    def evaluations(self) -> int:
+        """Recorded points, including round 0."""
+        return self.rounds // self.eval_every + 1
+
+    def _static(self) -> tuple:
+        # Everything but eta: eta is traced, so changing it does not recompile.
+        return (self.algorithm, self.rounds, self.tau, self.batch_size, self.eval_every, self.metrics)
+
+
+class TrainState(NamedTuple):
+    """Where a run stands after some rounds, enough to continue it exactly: the averaged trained
+    weights, the divergence round (or -1), the ever-flipped activation masks (or None) and the
+    number of rounds done."""
+
+    trainable: tuple
+    diverged_at: jax.Array
+    ever: list | None
+    round: jax.Array
+
+
+class TrainOutput(NamedTuple):
+    """A run's result (a pytree: ``sweep`` adds a leading axis to every leaf).
+
+    ``params``: final parameters; ``metrics``: dict of arrays with a leading axis of
+    ``config.evaluations`` points; ``rounds``: the round of each point, ``(evaluations,)``;
+    ``diverged_at``: the first round whose weights were non-finite, or -1; ``state``: a
+    :class:`TrainState` from which ``run(..., start=state)`` continues the run.
+    """
+
+    params: dict
+    metrics: dict
+    rounds: jax.Array
+    diverged_at: jax.Array
+    state: TrainState
+
+
+def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData) -> None:
+    """Checks the data and parameters against the config and the network; raises ValueError
+    naming the offending input before any work is done."""
+    x, y, mask = np.asarray(data.x), np.asarray(data.y), np.asarray(data.mask)
+    if x.ndim != 3 or x.shape[-1] != spec.d:
+        raise ValueError(f"data.x must have shape (K, n_max, d={spec.d}), got {x.shape}")
+    if y.ndim != 3 or y.shape[:2] != x.shape[:2] or y.shape[-1] != spec.d_out:
+        raise ValueError(
+            f"data.y must have shape (K, n_max, d_out={spec.d_out}) matching data.x {x.shape[:2]}, got {y.shape}"
+        )
+    for name, a in (("data.x", x), ("data.y", y)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} must be finite, got NaN or infinite entries")
+    sizes = mask.sum(axis=1)
+    if np.any(sizes < 1):
+        raise ValueError("data.mask must give every client at least one sample")
+    if config.algorithm in STOCHASTIC and config.batch_size > sizes.min():
+        raise ValueError(
+            f"batch_size must be at most the smallest client's sample count {int(sizes.min())}, "
+            f"got {config.batch_size}"
+        )
+    shapes = tuple(tuple(w.shape) for w in params0["trainable"])
+    if shapes != spec.layer_shapes:
+        raise ValueError(f"params0 trainable shapes {shapes} do not match the spec {spec.layer_shapes}")
+
+
+def _average(weight, trees):
+    """``sum_k weight_k W_k`` over the leading client axis."""
+    return jax.tree.map(lambda w: jnp.tensordot(weight, w, axes=1), trees)
+
+
+def _broadcast(tree, K):
+    return jax.tree.map(lambda w: jnp.broadcast_to(w, (K,) + w.shape), tree)
+
+
+def _minibatch_indices(key, mask, tau, b):
+    """``(tau, K, b)`` indices, each row drawn uniformly without replacement from the client's real
+    samples (padding gets a score above every real one and is never chosen)."""
+    u = jax.random.uniform(key, (tau,) + mask.shape)
+    scores = jnp.where(mask > 0, u, 2.0)
+    return jnp.argsort(scores, axis=-1)[..., :b]
+
+
+def _gather(a, idx):
+    """``a: (K, n, f)``, ``idx: (K, b)`` -> ``(K, b, f)``."""
+    return jnp.take_along_axis(a, idx[..., None], axis=1)
+
+
+def _train(static, spec, eta, params0, data, key, start=None):
+    algorithm, rounds, tau, b, eval_every, metrics = static
+    fixed, W0 = params0["fixed"], params0["trainable"]
+    train = data
+    if algorithm == "gd":
+        K, n_max = data.mask.shape
+        train = ClientData(
+            data.x.reshape(1, K * n_max, -1), data.y.reshape(1, K * n_max, -1),
+            data.mask.reshape(1, K * n_max), jnp.ones((1,), data.weight.dtype),
+        )
+    K = train.mask.shape[0]
+    feats = model.features(spec, fixed, train.x)  # fixed input map: once per run
+    client_w = train.mask / jnp.sum(train.mask, axis=1, keepdims=True)
+    grad_fn = jax.grad(partial(model.weighted_loss, spec), argnums=0)
+
+    def client_grad(W, f, y, w):
+        return grad_fn(W, fixed, f, y, w)
+
+    def batch_grads(W, idx, per_client):
+        """Minibatch (``idx``) or full-batch (``idx is None``) gradients for all clients."""
+        if idx is None:
+            f, y, w = feats, train.y, client_w
+        else:
+            f, y = _gather(feats, idx), _gather(train.y, idx)
+            w = jnp.full(idx.shape, 1.0 / b, feats.dtype)
+        return jax.vmap(client_grad, in_axes=(0 if per_client else None, 0, 0, 0))(W, f, y, w)
+
+    def local_phase(Wbar, rkey):
+        """The clients' models at the end of a round, leaves ``(K, ...)``."""
+        if algorithm == "minibatch_sgd":
+            g = _average(train.weight, batch_grads(Wbar, _minibatch_indices(rkey, train.mask, 1, b)[0], False))
+            return _broadcast(jax.tree.map(lambda w, gw: w - eta * gw, Wbar, g), K)
+        idx = _minibatch_indices(rkey, train.mask, tau, b) if algorithm in STOCHASTIC else None
+
+        def step(Ws, idx_t):
+            g = batch_grads(Ws, idx_t, True)
+            return jax.tree.map(lambda w, gw: w - eta * gw, Ws, g), None
+
+        Ws, _ = jax.lax.scan(step, _broadcast(Wbar, K), idx, length=tau)
+        return Ws
+
+    need_locals = any(m in ROUND_END for m in metrics)
+    init_patterns = dg.activation_patterns(spec, params0, data.x) if (
+        "flips" in metrics or "ever_flipped" in metrics) else None
+
+    def evaluate(Wbar, Ws, ever):
+        p = {"trainable": Wbar, "fixed": fixed}
+        out = {}
+        if {"loss", "grad_norm", "pl_ratio"} & set(metrics):
+            F, g = dg.loss_and_grad(spec, p, data)
+            gn = dg.tree_norm(g)
+            out.update(loss=F, grad_norm=gn, pl_ratio=dg.pl_ratio(F, gn))
+        if "client_loss" in metrics:
+            out["client_loss"] = dg.client_losses(spec, p, data)
+        if "dist" in metrics:
+            out["dist"] = dg.layer_distances(Wbar, W0)
+            out["dist_rel"] = dg.relative_distance(Wbar, W0)
+        if init_patterns is not None:
+            pats = dg.activation_patterns(spec, p, data.x)
+            out["flips"] = dg.flip_fraction(pats, init_patterns, data.mask)
+            ever = [e | (a != b0) for e, a, b0 in zip(ever, pats, init_patterns)]
+            out["ever_flipped"] = dg.flip_fraction(ever, [jnp.zeros_like(e) for e in ever], data.mask)
+        if "forward_norms" in metrics:
+            norms = dg.forward_norms(spec, p, data.x.reshape(-1, data.x.shape[-1]))
+            m = data.mask.ravel()
+            out["forward_norms"] = (norms * m).sum(axis=1) / m.sum()
+        if need_locals:
+            Wavg = _average(data.weight if algorithm != "gd" else train.weight, Ws)
+            if "gap" in metrics:
+                local_data = data if algorithm != "gd" else train
+                out["gap"], out["gap_rel"] = dg.gradient_gap(spec, Ws, Wavg, fixed, local_data)
+            if "local_flips" in metrics:
+                out["local_flips"] = jax.vmap(
+                    lambda Wk, xk, mk: dg.flip_fraction(
+                        dg.activation_patterns(spec, {"trainable": Wk, "fixed": fixed}, xk),
+                        dg.activation_patterns(spec, {"trainable": Wavg, "fixed": fixed}, xk), mk)
+                )(Ws, train.x, train.mask)
+            if "drift" in metrics:
+                out["drift"] = jax.vmap(lambda Wk: dg.tree_norm(jax.tree.map(jnp.subtract, Wk, Wavg)))(Ws)
+        keep = {k for name in metrics for k in METRICS[name]}
+        return {k: v for k, v in out.items() if k in keep}, ever
+
+    def one_round(carry, r):
+        Wbar, diverged_at = carry
+        Ws = local_phase(Wbar, jax.random.fold_in(key, r))
+        new = _average(train.weight, Ws)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(new)]))
+        ok = (diverged_at < 0) & finite
+        diverged_at = jnp.where((diverged_at < 0) & ~finite, r + 1, diverged_at)
+        Wbar = jax.tree.map(lambda a, b0: jnp.where(ok, a, b0), new, Wbar)
+        return (Wbar, diverged_at), Ws
+
+    def block(carry, first_round):
+        (Wbar, diverged_at), ever = carry[:2], carry[2]
+        state = (Wbar, diverged_at)
+        if eval_every > 1:
+            state, _ = jax.lax.scan(lambda c, r: (one_round(c, r)[0], None), state,
+                                    first_round + jnp.arange(eval_every - 1))
+        state, Ws = one_round(state, first_round + eval_every - 1)
+        rec, ever = evaluate(state[0], Ws, ever)
+        return (state[0], state[1], ever), rec
+
+    ever0 = [jnp.zeros_like(p) for p in init_patterns] if init_patterns is not None else None
+    if start is None:
+        # Round 0 is recorded only at the true start; a resumed run records its later rounds.
+        rec0, _ = evaluate(W0, _broadcast(W0, K), ever0)
+        carry0 = (W0, jnp.array(-1, jnp.int32), ever0)
+        first = jnp.array(0, jnp.int32)
+    else:
+        carry0 = (start.trainable, start.diverged_at, start.ever)
+        first = start.round
+    starts = first + jnp.arange(0, rounds, eval_every)
+    (Wfin, diverged_at, ever), recs = jax.lax.scan(block, carry0, starts)
+    round_ids = starts + eval_every
+    if start is None:
+        recs = {k: jnp.concatenate([rec0[k][None], recs[k]]) for k in rec0}
+        round_ids = jnp.concatenate([jnp.zeros((1,), round_ids.dtype), round_ids])
+    state = TrainState(Wfin, diverged_at, ever, first + rounds)
+    return TrainOutput({"trainable": Wfin, "fixed": fixed}, recs, round_ids, diverged_at, state)
+
+
+_train_jit = jax.jit(_train, static_argnums=(0, 1))
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _sweep_jit(static, spec, etas, params0, data, keys, start):
+    return jax.vmap(_train, in_axes=(None, None, 0, 0, None, 0, 0))(
+        static, spec, etas, params0, data, keys, start)
+
+
+def run(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData, key,
+        start: TrainState | None = None) -> TrainOutput:
+    """Runs ``config.algorithm`` from ``params0`` on ``data`` with PRNG ``key``: one compiled
+    program. See the module docstring for the algorithms and :class:`TrainOutput` for the result.
+
+    ``start``: a previous output's ``state``; the run then continues for ``config.rounds`` more
+    rounds and, with the same ``params0`` and ``key``, ends exactly where one longer run would.
+    """
+    check_inputs(config, spec, params0, data)
+    data = ClientData(*(jnp.asarray(a) for a in data))
+    return _train_jit(config._static(), spec, jnp.asarray(config.eta, jnp.float32), params0, data,
+                      key, start)
+
+
+def sweep(config: RunConfig, spec, params0, data: ClientData, keys, etas=None,
+          start: TrainState | None = None) -> TrainOutput:
+    """Many runs in one compiled program, vmapped over a leading axis ``S``.
+
+    ``params0`` leaves and ``keys`` carry the axis ``S`` (one initialisation and one key per run);
+    ``etas`` is ``(S,)`` or None for ``config.eta`` everywhere; ``start`` a previous sweep's
+    ``state`` (leaves with the axis ``S``) to continue from. Every leaf of the result gains the
+    axis ``S``; run ``s`` equals ``run`` with ``params0[s]``, ``keys[s]`` and ``etas[s]``.
+    """
+    S = jnp.shape(keys)[0]
+    first = jax.tree.map(lambda a: a[0], params0)
+    check_inputs(config, spec, first, data)
+    if etas is None:
+        etas = jnp.full((S,), config.eta, jnp.float32)
+    else:
+        etas = np.asarray(etas, np.float32)
+        if etas.shape != (S,) or not np.all(np.isfinite(etas) & (etas > 0)):
+            raise ValueError(f"etas must be {S} positive finite numbers, got {etas!r}")
+    data = ClientData(*(jnp.asarray(a) for a in data))
+    return _sweep_jit(config._static(), spec, jnp.asarray(etas), params0, data, keys, start)
+
+
+def divergence_message(config: RunConfig, diverged_at: int) -> str | None:
+    """A sentence saying at which round a run diverged and which parameter to lower, or None."""
+    if diverged_at < 0:
+        return None
+    lower = "eta" if config.tau == 1 else "eta or tau"
+    return (
+        f"The run diverged at round {int(diverged_at)}: the loss became non-finite. "
+        f"Lower {lower} (eta={config.eta}, tau={config.tau}); training stopped at the last finite weights."
+    )

@@ -1,0 +1,379 @@
+"""Data: synthetic points on the unit sphere with a controlled separation, scikit-learn's digits,
+a reader for MNIST-style IDX files, and partitions of the samples over K clients.
+
+Data preparation runs once, outside the compiled program, in NumPy with explicit seeds. The result
+for the algorithms is a :class:`ClientData`: client ``k`` holds ``n_k`` samples, stored padded to
+``n_max = max_k n_k`` with a mask. The global loss weights every *sample* equally,
+``F = (1/n) sum_i F_i = sum_k (n_k/n) F_k``, and the server averages models with the same weights
+``n_k / n`` (FedAvg's weighting); with equal client sizes both are plain means.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+PARTITIONS = ("iid", "shards", "dirichlet")
+TARGETS = ("labels", "gaussian", "teacher")
+
+
+class Dataset(NamedTuple):
+    """Samples as rows: ``x: (n, d)``, ``y: (n, d_out)``, integer ``labels: (n,)``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray
+
+
+class ClientData(NamedTuple):
+    """Samples split over ``K`` clients, padded to ``n_max`` per client.
+
+    ``x: (K, n_max, d)``, ``y: (K, n_max, d_out)``, ``mask: (K, n_max)`` (1.0 for real samples,
+    0.0 for padding) and ``weight: (K,)`` with ``weight[k] = n_k / n``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    mask: np.ndarray
+    weight: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``n_k`` for every client, ``(K,)``."""
+        return np.asarray(self.mask).sum(axis=1).astype(int)
+
+
+def _check_finite(name: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name} must be finite, got {bad} NaN or infinite entries")
+
+
+def _rng(seed) -> np.random.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def separation(x) -> float:
+    """The data's separation ``delta = min_{i != j} ||x_i - x_j||`` for ``x: (n, d)``."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[0] < 2:
+        raise ValueError(f"x must hold at least 2 samples to measure delta, got {x.shape[0]}")
+    sq = np.sum(x * x, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
+    np.fill_diagonal(d2, np.inf)
+    return float(np.sqrt(max(d2.min(), 0.0)))
+
+
+def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
+    """Scales every row of ``x: (n, d)`` to unit norm.
+
+    With ``last_coordinate=True`` (ALS19's convention) the rows are scaled to norm ``1/sqrt(2)``
+    and a coordinate ``1/sqrt(2)`` is appended: the result is ``(n, d + 1)`` with unit rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError("x must have no all-zero rows: they cannot be normalised")
+    if not last_coordinate:
+        return x / norms
+    half = math.sqrt(0.5)
+    return np.concatenate([half * x / norms, np.full((x.shape[0], 1), half)], axis=1)
+
+
+def check_unit_norm(x, tol: float = 1e-4) -> None:
+    """Refuses inputs whose rows are not unit-norm (the theory assumes ``||x_i|| = 1``)."""
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=-1)
+    worst = float(np.max(np.abs(norms - 1.0))) if norms.size else 0.0
+    if worst > tol:
+        raise ValueError(
+            f"x must have unit-norm rows (the theory assumes ||x_i|| = 1); the worst row is off by "
+            f"{worst:.3g}: normalise with localsgd.data.normalise_rows"
+        )
+
+
+def sphere(
+    n: int,
+    d: int,
+    d_out: int = 1,
+    *,
+    delta: float | None = None,
+    targets: str = "labels",
+    last_coordinate: bool = True,
+    seed: int = 0,
+) -> Dataset:
+    """``n`` unit-norm inputs in ``R^d`` and their targets.
+
+    Args:
+      n, d, d_out: sizes; ``x: (n, d)``, ``y: (n, d_out)``.
+      delta: if given, the separation is set by construction: the samples come in pairs at
+        distance exactly ``delta`` (the rest of the pairs are far apart in high dimension), so the
+        measured separation is ``delta`` whenever ``delta`` is below the typical distance
+        ``~sqrt(2)``. ``None`` draws the points independently.
+      targets: ``"labels"``: one-hot rows of a uniformly random class in ``range(d_out)``
+        (``d_out >= 2``) or random signs ``+-1`` (``d_out == 1``); ``"gaussian"``: i.i.d.
+        ``N(0, 1/d_out)`` entries; ``"teacher"``: the output of a random two-layer ReLU network of
+        width 64, scaled to unit mean norm. ``labels`` holds the class (or the sign) where defined,
+        else the index of the largest target coordinate.
+      last_coordinate: ALS19's convention: the last coordinate of every ``x_i`` is ``1/sqrt(2)``.
+      seed: NumPy seed.
+    """
+    for name, value, low in (("n", n, 2), ("d", d, 3 if last_coordinate else 2), ("d_out", d_out, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+    if delta is not None and not (0 < delta <= 1.0):
+        raise ValueError(f"delta must be in (0, 1] (or None), got {delta!r}")
+    rng = _rng(seed)
+    k = d - 1 if last_coordinate else d
+    # Unit directions in R^k; the final scaling to the sphere (with the last coordinate) keeps
+    # pairwise distances proportional, which the delta construction accounts for.
+    scale = math.sqrt(0.5) if last_coordinate else 1.0
+    u = rng.standard_normal((n, k))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    if delta is not None:
+        # Pair 2j+1 with 2j at angle theta, so that the final distance is exactly delta.
+        theta = 2.0 * math.asin(min(delta / (2.0 * scale), 1.0))
+        for j in range(0, n - 1, 2):
+            v = rng.standard_normal(k)
+            v -= (v @ u[j]) * u[j]
+            v /= np.linalg.norm(v)
+            u[j + 1] = math.cos(theta) * u[j] + math.sin(theta) * v
+    x = scale * u
+    if last_coordinate:
+        x = np.concatenate([x, np.full((n, 1), math.sqrt(0.5))], axis=1)
+    y, labels = _targets(rng, x, d_out, targets)
+    return Dataset(x.astype(np.float32), y.astype(np.float32), labels)
+
+
+def _targets(rng, x, d_out, kind):
+    n = x.shape[0]
+    if kind == "labels":
+        if d_out == 1:
+            labels = rng.integers(0, 2, n)
+            return (2.0 * labels - 1.0)[:, None], labels
+        labels = rng.integers(0, d_out, n)
+        return np.eye(d_out)[labels], labels
+    if kind == "gaussian":
+        y = rng.standard_normal((n, d_out)) / math.sqrt(d_out)
+    else:
+        width = 64
+        W = rng.standard_normal((width, x.shape[1]))
+        a = rng.standard_normal((d_out, width))
+        y = np.maximum(x @ W.T, 0.0) @ a.T
+        y /= np.mean(np.linalg.norm(y, axis=1))
+    labels = (y[:, 0] > 0).astype(int) if d_out == 1 else np.argmax(y, axis=1)
+    return y, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data
+
+
+def digits(*, test_fraction: float = 0.25, last_coordinate: bool = True, seed: int = 0):
+    """scikit-learn's handwritten digits (1797 images of 8x8 pixels, shipped with the package).
+
+    Rows are normalised to unit norm (with ALS19's last coordinate when ``last_coordinate``), so
+    ``x: (n, 65)`` or ``(n, 64)``; targets are one-hot ``(n, 10)``. Returns ``(train, test)``
+    :class:`Dataset` s from a split stratified by class.
+    """
+    from sklearn.datasets import load_digits
+
+    if not (0.0 < test_fraction < 1.0):
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    raw = load_digits()
+    return _split(raw.data, raw.target, test_fraction, last_coordinate, seed)
+
+
+def _split(images, labels, test_fraction, last_coordinate, seed):
+    rng = _rng(seed)
+    x = normalise_rows(images, last_coordinate).astype(np.float32)
+    labels = np.asarray(labels).astype(int)
+    y = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels]
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test[idx[: int(round(test_fraction * len(idx)))]] = True
+    return (Dataset(x[~test], y[~test], labels[~test]), Dataset(x[test], y[test], labels[test]))
+
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Reads an MNIST-style IDX file (optionally gzip-compressed) into an array.
+
+    The format: two zero bytes, a type byte, the number of dimensions, each dimension as a
+    big-endian int32, then the values in C order.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"path {str(path)!r} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}i", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 1
+    body = raw[4 + 4 * ndim :]
+    if len(body) != count * dtype.itemsize:
+        raise ValueError(
+            f"path {str(path)!r} is truncated: header says {count} values of {dtype.itemsize} "
+            f"bytes, body has {len(body)} bytes"
+        )
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def idx_dataset(images_path, labels_path, *, test_fraction=0.25, last_coordinate=True, seed=0):
+    """MNIST-style image and label IDX files a user already has, prepared like :func:`digits`."""
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"labels_path holds {labels.shape[0]} labels for {images.shape[0]} images"
+        )
+    return _split(images.reshape(images.shape[0], -1), labels, test_fraction, last_coordinate, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+
+def partition(
+    labels,
+    num_clients: int,
+    scheme: str = "iid",
+    *,
+    alpha: float = 1.0,
+    shards_per_client: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Splits sample indices ``0..n-1`` over clients; every sample goes to exactly one client.
+
+    Args:
+      labels: ``(n,)`` integer classes (used by ``"shards"`` and ``"dirichlet"``).
+      num_clients: ``K``, at most ``n``.
+      scheme: ``"iid"``: a random split into near-equal parts; ``"shards"``: the samples sorted by
+        label, cut into ``K * shards_per_client`` shards, each client taking ``shards_per_client``
+        random shards (McMahan et al. 2017); ``"dirichlet"``: for every class, the fractions going
+        to each client are drawn from ``Dirichlet(alpha)`` (smaller ``alpha``, more skew). Every
+        client is guaranteed at least one sample.
+    Returns: a list of ``K`` sorted index arrays.
+    """
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)):
+        raise ValueError(f"num_clients must be an integer in [1, n={n}], got {num_clients!r}")
+    if not 1 <= num_clients <= n:
+        raise ValueError(f"num_clients must be in [1, n={n}], got {num_clients!r}")
+    if scheme not in PARTITIONS:
+        raise ValueError(f"partition scheme must be one of {PARTITIONS}, got {scheme!r}")
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    rng = _rng(seed)
+    K = int(num_clients)
+    if scheme == "iid":
+        parts = np.array_split(rng.permutation(n), K)
+    elif scheme == "shards":
+        if isinstance(shards_per_client, bool) or shards_per_client < 1 or K * shards_per_client > n:
+            raise ValueError(
+                f"shards_per_client must be an integer with 1 <= K * shards_per_client <= n={n}, "
+                f"got {shards_per_client!r}"
+            )
+        order = np.argsort(labels, kind="stable")
+        shards = np.array_split(order, K * shards_per_client)
+        pick = rng.permutation(len(shards)).reshape(K, shards_per_client)
+        parts = [np.concatenate([shards[s] for s in row]) for row in pick]
+    else:
+        owner = np.empty(n, dtype=int)
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(K, float(alpha)))) * len(idx)).astype(int)[:-1]
+            for k, chunk in enumerate(np.split(idx, cuts)):
+                owner[chunk] = k
+        # Move single samples from the largest clients to any empty one.
+        counts = np.bincount(owner, minlength=K)
+        for k in np.flatnonzero(counts == 0):
+            donor = int(np.argmax(counts))
+            i = rng.choice(np.flatnonzero(owner == donor))
+            owner[i] = k
+            counts[donor] -= 1
+            counts[k] += 1
+        parts = [np.flatnonzero(owner == k) for k in range(K)]
+    return [np.sort(p) for p in parts]
+
+
+def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
+    """Gathers a :class:`ClientData` from samples ``x: (n, d)``, ``y: (n, d_out)`` and a partition.
+
+    Raises ValueError where the partition does not cover every sample exactly once or the data is
+    not finite.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape (n={x.shape[0]}, d_out), got {y.shape}")
+    _check_finite("x", x)
+    _check_finite("y", y)
+    flat = np.concatenate(parts) if parts else np.array([], int)
+    if len(flat) != x.shape[0] or not np.array_equal(np.sort(flat), np.arange(x.shape[0])):
+        raise ValueError("parts must cover every sample index exactly once")
+    if any(len(p) == 0 for p in parts):
+        raise ValueError("parts must give every client at least one sample")
+    K, n_max = len(parts), max(len(p) for p in parts)
+    cx = np.zeros((K, n_max, x.shape[1]), np.float32)
+    cy = np.zeros((K, n_max, y.shape[1]), np.float32)
+    mask = np.zeros((K, n_max), np.float32)
+    for k, p in enumerate(parts):
+        cx[k, : len(p)] = x[p]
+        cy[k, : len(p)] = y[p]
+        mask[k, : len(p)] = 1.0
+    weight = (mask.sum(axis=1) / x.shape[0]).astype(np.float32)
+    return ClientData(cx, cy, mask, weight)
+
+
+def pooled(data: ClientData) -> ClientData:
+    """All clients' samples as one client (``K = 1``), for centralised baselines."""
+    K, n_max = data.mask.shape
+    return ClientData(
+        np.asarray(data.x).reshape(1, K * n_max, -1),
+        np.asarray(data.y).reshape(1, K * n_max, -1),
+        np.asarray(data.mask).reshape(1, K * n_max),
+        np.ones((1,), np.float32),
+    )
+
+
+def replicate(x, y, num_clients: int) -> ClientData:
+    """``K`` clients that each hold every sample (for the identity Local GD == GD)."""
+    n = np.asarray(x).shape[0]
+    x = np.broadcast_to(np.asarray(x, np.float32), (num_clients,) + np.shape(x)).copy()
+    y = np.broadcast_to(np.asarray(y, np.float32), (num_clients,) + np.shape(y)).copy()
+    mask = np.ones((num_clients, n), np.float32)
+    return ClientData(x, y, mask, np.full((num_clients,), 1.0 / num_clients, np.float32))
+
+
+def label_skew(labels, parts: list[np.ndarray]) -> float:
+    """Mean total-variation distance between each client's label distribution and the global one.
+
+    0 for perfectly balanced clients, close to 1 when every client holds a single class.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    glob = np.array([np.mean(labels == c) for c in classes])
+    tv = [0.5 * np.abs(np.array([np.mean(labels[p] == c) for c in classes]) - glob).sum() for p in parts]
+    return float(np.mean(tv))
+

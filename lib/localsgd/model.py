@@ -1,0 +1,205 @@
+"""The networks of the paper: the deep ReLU network of Allen-Zhu, Li and Song (2019) and the
+two-layer network of Du et al. (2019), as pure functions and as Flax NNX modules.
+
+Both are one chain: a fixed input map, trained layers ``W_1 .. W_L`` and a fixed linear readout.
+
+* ``arch="deep"``: ``h_0 = phi(A x)``, ``h_l = phi(W_l h_{l-1})`` for ``l = 1..L``, ``y = B h_L``,
+  with ``A: (m, d)``, ``W_l: (m, m)`` i.i.d. ``N(0, 2/m)`` and ``B: (d_out, m)`` i.i.d.
+  ``N(0, 1/d_out)``. ``A`` and ``B`` stay fixed.
+* ``arch="two_layer"``: ``y = (1/sqrt(m)) a^T phi(W x)`` with ``W: (m, d)`` i.i.d. ``N(0, 1)``
+  trained and ``a: (d_out, m)`` uniform on ``{-1, +1}`` fixed. The ``1/sqrt(m)`` is folded into the
+  stored readout ``B = a / sqrt(m)``, so both architectures share :func:`forward`.
+
+Parameters are a dict ``{"trainable": (W_1, ..., W_L), "fixed": {"A": ..., "B": ...}}``; the
+two-layer net has no ``A`` (its input map is the identity). Inputs are rows: ``x: (n, d)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ARCHS = ("deep", "two_layer")
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "softplus": jax.nn.softplus,
+    "gelu": jax.nn.gelu,
+}
+
+
+def _require_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """Shape and activation of a network; hashable, so it can be a static jit argument.
+
+    Attributes:
+      arch: ``"deep"`` (ALS19, ``L`` trained ``m x m`` layers) or ``"two_layer"`` (Du et al.).
+      d: input dimension.
+      m: width of every hidden layer.
+      L: number of trained layers (``arch="two_layer"`` requires ``L == 1``).
+      d_out: output dimension.
+      activation: ``"relu"``, ``"softplus"`` or ``"gelu"``.
+    """
+
+    arch: str = "deep"
+    d: int = 16
+    m: int = 256
+    L: int = 2
+    d_out: int = 1
+    activation: str = "relu"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        _require_int("d", self.d, 1)
+        _require_int("m", self.m, 1)
+        _require_int("L", self.L, 1)
+        _require_int("d_out", self.d_out, 1)
+        if self.arch == "two_layer" and self.L != 1:
+            raise ValueError(f"L must be 1 for arch='two_layer', got {self.L!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
+            )
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, int], ...]:
+        """Shapes of the trained matrices ``W_1 .. W_L``."""
+        if self.arch == "two_layer":
+            return ((self.m, self.d),)
+        return tuple((self.m, self.m) for _ in range(self.L))
+
+    @property
+    def num_trainable(self) -> int:
+        """Number of trained scalars, ``sum_l prod(W_l.shape)``."""
+        return sum(a * b for a, b in self.layer_shapes)
+
+
+def init(key: jax.Array, spec: NetSpec, dtype=jnp.float32) -> dict:
+    """Draws parameters with the paper's initialisation.
+
+    Returns ``{"trainable": (W_1, .., W_L), "fixed": {...}}``; see the module docstring.
+    """
+    kA, kW, kB = jax.random.split(key, 3)
+    if spec.arch == "two_layer":
+        W = jax.random.normal(kW, (spec.m, spec.d), dtype)
+        signs = jax.random.rademacher(kB, (spec.d_out, spec.m), dtype)
+        return {"trainable": (W,), "fixed": {"B": signs / math.sqrt(spec.m)}}
+    std = math.sqrt(2.0 / spec.m)
+    A = std * jax.random.normal(kA, (spec.m, spec.d), dtype)
+    Ws = tuple(
+        std * jax.random.normal(k, (spec.m, spec.m), dtype)
+        for k in jax.random.split(kW, spec.L)
+    )
+    B = jax.random.normal(kB, (spec.d_out, spec.m), dtype) / math.sqrt(spec.d_out)
+    return {"trainable": Ws, "fixed": {"A": A, "B": B}}
+
+
+def features(spec: NetSpec, fixed: dict, x: jax.Array) -> jax.Array:
+    """The fixed input map: ``phi(A x)`` for the deep net, ``x`` for the two-layer net.
+
+    ``x: (..., d) -> (..., m)`` (deep) or ``(..., d)`` (two-layer). It does not depend on the
+    trained weights, so the algorithms compute it once per run.
+    """
+    if spec.arch == "two_layer":
+        return x
+    return ACTIVATIONS[spec.activation](x @ fixed["A"].T)
+
+
+def forward(spec: NetSpec, trainable, fixed: dict, feats: jax.Array) -> jax.Array:
+    """Network output from features: ``feats: (n, f) -> (n, d_out)``."""
+    phi = ACTIVATIONS[spec.activation]
+    h = feats
+    for W in trainable:
+        h = phi(h @ W.T)
+    return h @ fixed["B"].T
+
+
+def preactivations(spec: NetSpec, trainable, feats: jax.Array) -> list:
+    """Pre-activations ``g_l = W_l h_{l-1}`` of the trained layers, ``L`` arrays ``(..., m)``.
+
+    Their signs are the ReLU activation pattern.
+    """
+    phi = ACTIVATIONS[spec.activation]
+    h, pre = feats, []
+    for W in trainable:
+        g = h @ W.T
+        pre.append(g)
+        h = phi(g)
+    return pre
+
+
+def hidden(spec: NetSpec, trainable, fixed: dict, x: jax.Array) -> list:
+    """Hidden layers for inputs ``x: (n, d)``: ``h_0 .. h_L`` for the deep net (``L + 1`` arrays
+    ``(n, m)``), ``[h_1]`` for the two-layer net."""
+    phi = ACTIVATIONS[spec.activation]
+    feats = features(spec, fixed, x)
+    post = [phi(g) for g in preactivations(spec, trainable, feats)]
+    return post if spec.arch == "two_layer" else [feats] + post
+
+
+def apply(spec: NetSpec, params: dict, x: jax.Array) -> jax.Array:
+    """Network output ``x: (n, d) -> (n, d_out)``."""
+    return forward(spec, params["trainable"], params["fixed"], features(spec, params["fixed"], x))
+
+
+def sample_losses(spec: NetSpec, trainable, fixed: dict, feats, y) -> jax.Array:
+    """Per-sample squared loss ``F_i = 1/2 ||f(x_i) - y_i||^2``: ``(n, f), (n, d_out) -> (n,)``."""
+    r = forward(spec, trainable, fixed, feats) - y
+    return 0.5 * jnp.sum(r * r, axis=-1)
+
+
+def weighted_loss(spec: NetSpec, trainable, fixed: dict, feats, y, w) -> jax.Array:
+    """``sum_i w_i F_i``; with ``w = mask / n_k`` it is a client's mean loss. Returns a scalar."""
+    return jnp.sum(w * sample_losses(spec, trainable, fixed, feats, y))
+
+
+# --------------------------------------------------------------------------------------------
+# Flax NNX modules. They hold the same arrays as ``init`` and call ``forward``; the hot path works
+# on the plain pytrees (``to_params``), which keeps it a pure function of arrays.
+
+
+class Fixed(nnx.Variable):
+    """A variable that the algorithms never train (``A`` and ``B``)."""
+
+
+class _Network(nnx.Module):
+    spec: NetSpec
+
+    def __init__(self, spec: NetSpec, rngs: nnx.Rngs):
+        self.spec = spec
+        p = init(rngs.params(), spec)
+        self.W = nnx.List([nnx.Param(w) for w in p["trainable"]])
+        for name, value in p["fixed"].items():
+            setattr(self, name, Fixed(value))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return apply(self.spec, to_params(self), x)
+
+
+class DeepReLUNet(_Network):
+    """ALS19's network: ``y = B phi(W_L ... phi(W_1 phi(A x)))``, ``A`` and ``B`` fixed."""
+
+    def __init__(self, d: int, m: int, L: int, d_out: int, *, activation="relu", rngs: nnx.Rngs):
+        super().__init__(NetSpec("deep", d, m, L, d_out, activation), rngs)
+
+
+class TwoLayerNet(_Network):
+    """Du et al.'s network: ``y = a^T phi(W x) / sqrt(m)``, ``a`` fixed in ``{-1, 1}``."""
+
+    def __init__(self, d: int, m: int, d_out: int = 1, *, activation="relu", rngs: nnx.Rngs):
+        super().__init__(NetSpec("two_layer", d, m, 1, d_out, activation), rngs)
+
+
+def to_params(module: _Network) -> dict:
+    """The module's arrays as the ``{"trainable", "fixed"}`` pytree the algorithms take."""
+    fixed = {k: getattr(module, k)[...] for k in ("A", "B") if hasattr(module, k)}
+    return {"trainable": tuple(w[...] for w in module.W), "fixed": fixed}

@@ -1,0 +1,88 @@
+"""The theorems' predicted quantities, as functions, for overlays on the plots.
+
+Allen-Zhu, Li and Song (2019) and Deng, Kamani and Mahdavi (2022) state their results up to
+absolute constants and polylogarithmic factors, and with exponents that are far from tight. The
+functions here therefore return *shapes*: each docstring says which parts are exact (an identity
+that holds for the book's conventions) and which hold only up to constants. The book compares the
+measured quantities with these shapes (slopes on log-log axes, ratios), never with absolute values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import diagnostics as dg
+from . import model
+
+
+def pl_constant_shape(m, n, d, delta):
+    """ALS19's gradient-dominance constant for the summed loss, ``delta m / (d n^2)``, up to an
+    absolute constant: ``||grad (nF)||^2 >= c * delta m / (d n^2) * (nF)`` in the omega-ball.
+
+    For the book's mean loss ``F`` the ratio ``||grad F||^2 / F`` is the summed-loss ratio over
+    ``n`` (:func:`localsgd.diagnostics.pl_ratio`); either way it grows linearly in ``m``.
+    """
+    return delta * np.asarray(m, float) / (d * np.asarray(n, float) ** 2)
+
+
+def linear_rate(eta, lam_min, n):
+    """Per-iteration contraction of the loss of gradient descent on the linearised (NTK) model,
+    ``F_{t+1} <= (1 - eta * lam_min / n)^2 F_t``, for the mean loss and Gram ``G`` with smallest
+    eigenvalue ``lam_min``. Exact for the linearised model; the over-parameterised network follows
+    it up to the drift of ``G`` during training. Returns the factor on ``F`` per iteration."""
+    return (1.0 - eta * lam_min / n) ** 2
+
+
+def predicted_log_loss(iterations, F0, eta, lam_min, n):
+    """``log F_t`` along :func:`linear_rate`: a straight line in the iteration count."""
+    return math.log(F0) + np.asarray(iterations, float) * math.log(linear_rate(eta, lam_min, n))
+
+
+def lazy_distance_shape(m):
+    """Relative movement ``||W_T - W_0|| / ||W_0||`` in the lazy regime: the absolute movement is
+    ``O(omega)``-bounded independent of width while ``||W_0||_F`` grows as ``sqrt(m)``, so the ratio
+    scales as ``m^{-1/2}`` (up to constants and the data's ``n``, ``L``, ``delta``)."""
+    return np.asarray(m, float) ** -0.5
+
+
+def critical_step_size(gram_max_eig, n):
+    """``2 n / lambda_max(G)``: above it gradient descent on the linearised model's mean loss
+    diverges. Exact for the linearised model."""
+    return 2.0 * n / gram_max_eig
+
+
+def ntk_max_eigenvalue(spec, params, x, iters: int = 60, key=None):
+    """Largest eigenvalue of the full NTK Gram ``J J^T`` (``n d_out x n d_out``) by power
+    iteration with Jacobian-vector products (never forming ``J``). ``x: (n, d)``; a scalar."""
+    fixed, trainable = params["fixed"], params["trainable"]
+    feats = model.features(spec, fixed, x)
+
+    def f(W):
+        return model.forward(spec, W, fixed, feats)
+
+    out, vjp = jax.vjp(f, trainable)
+    v0 = jax.random.normal(key if key is not None else jax.random.key(0), out.shape, out.dtype)
+
+    def body(v, _):
+        (jt,) = vjp(v)
+        gv = jax.jvp(f, (trainable,), (jt,))[1]
+        lam = jnp.vdot(v, gv)
+        return gv / jnp.linalg.norm(gv), lam
+
+    v, lams = jax.lax.scan(body, v0 / jnp.linalg.norm(v0), None, length=iters)
+    return lams[-1]
+
+
+def ntk_step_size(spec, params, x, scale: float = 1.0):
+    """The book's step-size rule: ``eta = scale * n / lambda_max(G_0)``, a fraction ``scale / 2`` of
+    the critical step of the linearised model at initialisation (``scale`` in ``(0, 2)``)."""
+    return scale * x.shape[0] / ntk_max_eigenvalue(spec, params, x)
+
+
+def min_eig_at_init(spec, params, x):
+    """``lambda_min`` of the NTK Gram at initialisation (``outputs="full"``), the rate's constant."""
+    return dg.min_eigenvalue(dg.ntk_gram(spec, params, x, outputs="full"))
