@@ -1,0 +1,54 @@
+# make book   execute every notebook with papermill (PROFILE, default `default`), render the book
+# make test   pytest (library tests and notebook smoke runs under the ci profile), then a
+#             Sphinx build of the book with warnings as errors
+# make run    NB=01_setting PROFILE=ci PARAMS="-p width 4096 -p tau 20": one notebook
+# make bench  the performance benchmark (bench/run.py)
+# make lint   ruff
+# Every target first bootstraps .venv from requirements.txt and pyproject.toml.
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.stamp
+
+PROFILE ?= default
+NB      ?=
+PARAMS  ?=
+
+.PHONY: all book test run bench lint clean venv
+
+all: book
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	@# The kernel `python3` that papermill asks for runs this venv's interpreter
+	@# (jupyter_client prefers the venv's kernelspec over a user's one in a venv).
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (localsgd)" >/dev/null
+	$(PY) -c "from localsgd.pipeline import kernel_interpreter as k; import os, sys; \
+	  assert os.path.abspath(k()) == os.path.abspath(sys.executable), (k(), sys.executable)"
+	@touch $@
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	$(PY) -m localsgd.pipeline book --profile $(PROFILE) $(PARAMS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(PY) -m localsgd.pipeline render --warnings-as-errors
+
+run: $(STAMP)
+	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }
+	$(PY) -m localsgd.pipeline run $(NB) --profile $(PROFILE) $(PARAMS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf book/_build book/executed results bench/results.json .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

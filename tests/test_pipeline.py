@@ -1,0 +1,357 @@
+"""The notebook pipeline (localsgd.pipeline) and the verdict helpers (localsgd.report).
+
+Execution tests use tiny notebooks written into a temporary root, so they run in seconds and
+do not depend on the book's own notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from localsgd import pipeline, report
+from localsgd.report import Check
+
+PARAMS_SOURCE = textwrap.dedent(
+    """\
+    width = 8
+    eta = 0.5
+    label = "a"
+    flag = False
+    sizes = [1, 2]
+    """
+)
+
+BODY_SOURCE = textwrap.dedent(
+    """\
+    import json, os, sys
+    from localsgd.report import Check, glue, verdict
+    out = {
+        "width": width, "eta": eta, "label": label, "flag": flag, "sizes": list(sizes),
+        "eta_type": type(eta).__name__,
+        "prefix": sys.prefix, "executable": sys.executable, "cwd": os.getcwd(),
+        "results": os.environ.get("LOCALSGD_RESULTS"),
+        "profile": os.environ.get("LOCALSGD_PROFILE"),
+    }
+    os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
+    with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "tiny_out.json"), "w") as fh:
+        json.dump(out, fh)
+    glue("tiny_width", width, fmt="d")
+    verdict("tiny", "width is positive", [Check.at_least("width", width, 1)])
+    """
+)
+
+
+def _notebook(path: Path, params: str | None, *body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells.append(nbformat.v4.new_markdown_cell("# tiny"))
+    if params is not None:
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    for src in body:
+        nb.cells.append(nbformat.v4.new_code_cell(src))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary book root with two notebooks and two profiles."""
+    r = tmp_path / "root"
+    _notebook(r / "notebooks" / "tiny.ipynb", PARAMS_SOURCE, BODY_SOURCE)
+    _notebook(
+        r / "notebooks" / "zz_boom.ipynb",
+        "n = 1\n",
+        "x = n + 1",
+        "raise RuntimeError('boom in the second body cell')",
+    )
+    prof = r / "notebooks" / "profiles"
+    prof.mkdir(parents=True)
+    (prof / "ci.yaml").write_text("_all:\n  width: 3\n  not_in_any: 1\ntiny:\n  eta: 0.25\n")
+    (prof / "default.yaml").write_text("tiny: {}\n")
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path / "results"))
+    return r
+
+
+def _nothing_written(root: Path) -> bool:
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    return not (root / "book").exists() and not results.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# validation before anything runs
+
+
+def test_unknown_profile_is_a_value_error_naming_it(root: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        pipeline.execute("nope", root=root)
+    msg = str(info.value)
+    assert "profile" in msg and "'nope'" in msg and "ci" in msg and "default" in msg
+    assert _nothing_written(root)
+
+
+def test_unknown_parameter_is_a_value_error_naming_it(root: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        pipeline.execute("ci", ["tiny"], {"widht": 4}, root=root)
+    msg = str(info.value)
+    assert "widht" in msg and "tiny" in msg and "width" in msg
+    assert _nothing_written(root)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("width", 4.5, "int"),
+        ("width", True, "int"),
+        ("eta", "fast", "float"),
+        ("flag", 1, "bool"),
+        ("label", 3, "str"),
+        ("sizes", 3, "list"),
+    ],
+)
+def test_wrong_type_is_a_value_error_naming_parameter_value_and_type(
+    root: Path, name: str, value: object, expected: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        pipeline.execute("ci", ["tiny"], {name: value}, root=root)
+    msg = str(info.value)
+    assert name in msg and repr(value) in msg and expected in msg
+    assert _nothing_written(root)
+
+
+def test_bad_parameter_in_a_later_notebook_stops_before_the_first_runs(root: Path) -> None:
+    # zz_boom does not define `eta`: validation covers every selected notebook up front
+    with pytest.raises(ValueError, match="eta"):
+        pipeline.execute("ci", None, {"eta": 0.1}, root=root)
+    assert _nothing_written(root)
+
+
+def test_profile_entry_with_a_bad_parameter_is_rejected(root: Path) -> None:
+    (root / "notebooks" / "profiles" / "bad.yaml").write_text("tiny:\n  width: wide\n")
+    with pytest.raises(ValueError, match=r"width='wide'.*int"):
+        pipeline.execute("bad", ["tiny"], root=root)
+    assert _nothing_written(root)
+
+
+def test_unknown_notebook_is_a_value_error(root: Path) -> None:
+    with pytest.raises(ValueError, match=r"notebook='nope'.*tiny"):
+        pipeline.execute("ci", ["nope"], root=root)
+
+
+def test_resolve_parameters_merges_all_profile_and_extra(root: Path) -> None:
+    entries = pipeline.load_profile("ci", root)
+    nb = root / "notebooks" / "tiny.ipynb"
+    params = pipeline.resolve_parameters(nb, entries, {"eta": 1, "sizes": [3]})
+    # `_all` only passes names the notebook defines; int widens to float; later wins
+    assert params == {"width": 3, "eta": 1.0, "sizes": [3]}
+    assert isinstance(params["eta"], float)
+
+
+def test_notebook_parameters_reads_the_tagged_cell(root: Path) -> None:
+    defaults = pipeline.notebook_parameters(root / "notebooks" / "tiny.ipynb")
+    assert defaults == {"width": 8, "eta": 0.5, "label": "a", "flag": False, "sizes": [1, 2]}
+    untagged = _notebook(root / "untagged.ipynb", None, "x = 1")
+    with pytest.raises(ValueError, match="parameters"):
+        pipeline.notebook_parameters(untagged)
+
+
+def test_resolve_notebook_accepts_stem_file_name_and_path(root: Path) -> None:
+    path = (root / "notebooks" / "tiny.ipynb").resolve()
+    assert pipeline.resolve_notebook("tiny", root) == path
+    assert pipeline.resolve_notebook("tiny.ipynb", root) == path
+    assert pipeline.resolve_notebook("notebooks/tiny.ipynb", root) == path
+    assert pipeline.resolve_notebook(str(path), root) == path
+
+
+# ---------------------------------------------------------------------------------------------
+# PARAMS
+
+
+def test_parse_params_papermill_style() -> None:
+    got = pipeline.parse_params(
+        "-p width 4096 -p tau 20 -p eta 1e-3 -p flag True -p off false -p name resnet "
+        "-r raw 123 -p nothing None -p sizes '[1, 2]' -y 'seeds: 3' --parameters tau 21"
+    )
+    assert got == {
+        "width": 4096,
+        "tau": 21,
+        "eta": 1e-3,
+        "flag": True,
+        "off": False,
+        "name": "resnet",
+        "raw": "123",
+        "nothing": None,
+        "sizes": [1, 2],
+        "seeds": 3,
+    }
+    assert isinstance(got["width"], int) and isinstance(got["eta"], float)
+    assert pipeline.parse_params("") == {} and pipeline.parse_params(None) == {}
+    assert pipeline.parse_params(["-p", "a", "1"]) == {"a": 1}
+
+
+@pytest.mark.parametrize("bad", ["-p width", "width 4096", "-p 1x 3", "-y '[1, 2]'", "-y"])
+def test_parse_params_rejects_malformed(bad: str) -> None:
+    with pytest.raises(ValueError, match="PARAMS"):
+        pipeline.parse_params(bad)
+
+
+def test_cli_unknown_profile_exits_non_zero(root: Path, capsys: pytest.CaptureFixture) -> None:
+    code = pipeline.main(["run", "tiny", "--profile", "nope", "--root", str(root)])
+    assert code == 1
+    assert "profile='nope'" in capsys.readouterr().err
+    assert _nothing_written(root)
+
+
+def test_cli_wrong_type_from_params_exits_non_zero(
+    root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["run", "tiny", "--profile", "ci", "-p", "width", "wide", "--root", str(root)]
+    assert pipeline.main(argv) == 1
+    assert "width='wide'" in capsys.readouterr().err
+    assert _nothing_written(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# execution
+
+
+def test_kernel_python3_is_this_interpreter() -> None:
+    assert os.path.abspath(pipeline.kernel_interpreter()) == os.path.abspath(sys.executable)
+
+
+def test_execute_runs_the_notebook_with_params_env_and_records(root: Path, capsys) -> None:
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    done = pipeline.run("tiny", "ci", "-p width 5 -p eta 2", root=root)
+    assert done.name == "tiny" and done.output == root / "book" / "executed" / "tiny.ipynb"
+    assert done.parameters == {"width": 5, "eta": 2.0}
+    assert "[1/1] tiny ... ok (" in capsys.readouterr().out
+
+    out = json.loads((results / "tiny_out.json").read_text())
+    assert out["width"] == 5 and out["eta"] == 2.0 and out["eta_type"] == "float"
+    assert out["label"] == "a" and out["sizes"] == [1, 2]
+    # the kernel runs this environment's interpreter, from the root, with the pipeline's env
+    assert out["prefix"] == sys.prefix
+    assert Path(out["cwd"]).resolve() == root.resolve()
+    assert out["results"] == str(results.resolve()) and out["profile"] == "ci"
+
+    executed = nbformat.read(str(done.output), as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "width = 5" in injected[0].source
+    glued = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "scrapbook" in o.get("metadata", {})
+    ]
+    names = {o["metadata"]["scrapbook"]["name"] for o in glued}
+    assert {"tiny_width", "verdict_tiny", "verdict_tiny_holds"} <= names
+
+    timings = json.loads((results / "timings" / "ci.json").read_text())
+    assert timings["profile"] == "ci" and timings["notebooks"]["tiny"]["seconds"] > 0
+    verdict = json.loads((results / "verdicts" / "tiny.json").read_text())
+    assert verdict["holds"] is True and verdict["profile"] == "ci"
+    assert not list(results.rglob("*.tmp"))
+
+
+def test_failing_notebook_stops_the_build_naming_notebook_and_cell(root: Path) -> None:
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    with pytest.raises(pipeline.NotebookFailed) as info:
+        pipeline.execute("default", ["zz_boom", "tiny"], root=root)
+    msg = str(info.value)
+    assert info.value.notebook == "zz_boom"
+    assert "zz_boom" in msg and "cell" in msg and "RuntimeError" in msg and "boom in the" in msg
+    # tiny, listed after it, never ran; the failure is not recorded as a timing
+    assert not (root / "book" / "executed" / "tiny.ipynb").exists()
+    assert not (results / "timings" / "default.json").exists()
+    assert pipeline.main(["run", "zz_boom", "--profile", "default", "--root", str(root)]) == 1
+
+
+def test_execute_with_no_notebooks_is_a_no_op(tmp_path: Path) -> None:
+    (tmp_path / "notebooks" / "profiles").mkdir(parents=True)
+    (tmp_path / "notebooks" / "profiles" / "ci.yaml").write_text("{}\n")
+    assert pipeline.execute("ci", root=tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def test_verdict_writes_json_atomically_with_computed_holds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+    monkeypatch.setenv("LOCALSGD_PROFILE", "ci")
+    measured = np.float32(0.75)
+    checks = [
+        Check.at_most("loss ratio", measured, 0.5),
+        Check("gram positive", "> 0", np.float64(0.1), np.float64(0.1) > 0),
+        Check.between("slope", -1.0, -2.0, 0.0),
+    ]
+    record = report.verdict("02_demo", "the loss falls", checks)
+    path = tmp_path / "verdicts" / "02_demo.json"
+    on_disk = json.loads(path.read_text())
+    assert on_disk == record
+    assert on_disk["holds"] is False
+    assert [c["holds"] for c in on_disk["checks"]] == [False, True, True]
+    assert on_disk["checks"][0]["measured"] == pytest.approx(0.75)
+    assert on_disk["profile"] == "ci" and on_disk["claim"] == "the loss falls"
+    assert set(on_disk) == {"chapter", "claim", "holds", "checks", "profile"}
+    assert [p.name for p in path.parent.iterdir()] == ["02_demo.json"]  # no temp file left
+    out = capsys.readouterr().out
+    assert "DOES NOT HOLD" in out and "loss ratio" in out
+
+    report.verdict("02_demo", "the loss falls", checks[1:])
+    assert json.loads(path.read_text())["holds"] is True
+
+
+def test_check_refuses_a_hard_coded_non_boolean_and_handles_nan(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+    with pytest.raises(TypeError):
+        Check("x", "> 0", 1.0, "yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Check("x", "> 0", 1.0, 1)  # type: ignore[arg-type]
+    nan = Check.at_most("diverged", float("nan"), 1.0)
+    assert nan.holds is False and nan.measured == "nan"
+    with pytest.raises(ValueError, match="checks"):
+        report.verdict("x", "claim", [])
+    with pytest.raises(ValueError, match="chapter"):
+        report.verdict("a/b", "claim", [nan])
+    record = report.verdict("nan_case", "stays finite", [nan])
+    assert record["holds"] is False
+    assert (
+        json.loads((tmp_path / "verdicts" / "nan_case.json").read_text())["checks"][0]["measured"]
+        == "nan"
+    )
+
+
+def test_glue_outside_a_kernel_is_a_no_op() -> None:
+    assert report.glue("x", 1.5, fmt=".2f") is None
+    with pytest.raises(ValueError, match="glue name"):
+        report.glue("not an identifier", 1)
+
+
+def test_render_refuses_a_toc_entry_without_its_notebook(root: Path) -> None:
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n"
+        "  - file: book/executed/tiny\n  - file: book/executed/99_missing\n"
+    )
+    with pytest.raises(ValueError, match=r"99_missing"):
+        pipeline.render(root=root)
+
+
+def test_render_refuses_a_notebook_not_executed_yet(root: Path) -> None:
+    with pytest.raises(ValueError, match=r"tiny.*no executed copy"):
+        pipeline.render(root=root)
