@@ -87,7 +87,10 @@ def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
-        raise ValueError("x must have no all-zero rows: they cannot be normalised")
+        zero = np.flatnonzero(norms[:, 0] == 0)
+        raise ValueError(
+            f"x must have no all-zero rows (they cannot be normalised), got zero rows "
+            f"{zero[:10].tolist()}")
     if not last_coordinate:
         return x / norms
     half = math.sqrt(0.5)
@@ -97,11 +100,16 @@ def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
 def check_unit_norm(x, tol: float = 1e-4) -> None:
     """Refuses inputs whose rows are not unit-norm (the theory assumes ``||x_i|| = 1``)."""
     norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=-1)
-    worst = float(np.max(np.abs(norms - 1.0))) if norms.size else 0.0
-    if worst > tol:
+    off = np.abs(norms - 1.0)
+    worst = float(np.max(off)) if norms.size else 0.0
+    if not worst <= tol:  # also refuses NaN norms
+        flat = np.where(np.isnan(off), np.inf, off).ravel()
+        i = np.unravel_index(int(np.argmax(flat)), off.shape)
+        where = int(i[0]) if len(i) == 1 else tuple(int(j) for j in i)
         raise ValueError(
-            f"x must have unit-norm rows (the theory assumes ||x_i|| = 1); the worst row is off by "
-            f"{worst:.3g}: normalise with localsgd.data.normalise_rows"
+            f"x must have unit-norm rows (the theory assumes ||x_i|| = 1, to within {tol:g}); "
+            f"got row {where} with norm {float(norms[i]):.6g}: normalise with "
+            f"localsgd.data.normalise_rows"
         )
 
 
@@ -121,8 +129,9 @@ def sphere(
       n, d, d_out: sizes; ``x: (n, d)``, ``y: (n, d_out)``.
       delta: if given, the separation is set by construction: the samples come in pairs at
         distance exactly ``delta`` (the rest of the pairs are far apart in high dimension), so the
-        measured separation is ``delta`` whenever ``delta`` is below the typical distance
-        ``~sqrt(2)``. ``None`` draws the points independently.
+        measured separation is ``delta`` whenever ``delta`` is below the closest distance between
+        unpaired points (about 1 with ``last_coordinate``, less for many points in low ``d``);
+        otherwise a ValueError names ``delta``. ``None`` draws the points independently.
       targets: ``"labels"``: one-hot rows of a uniformly random class in ``range(d_out)``
         (``d_out >= 2``) or random signs ``+-1`` (``d_out == 1``); ``"gaussian"``: i.i.d.
         ``N(0, 1/d_out)`` entries; ``"teacher"``: the output of a random two-layer ReLU network of
@@ -136,7 +145,9 @@ def sphere(
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
-    if delta is not None and not (0 < delta <= 1.0):
+    if delta is not None and (isinstance(delta, bool)
+                              or not isinstance(delta, (int, float, np.number))
+                              or not 0 < delta <= 1.0):
         raise ValueError(f"delta must be in (0, 1] (or None), got {delta!r}")
     rng = _rng(seed)
     k = d - 1 if last_coordinate else d
@@ -157,7 +168,15 @@ def sphere(
     if last_coordinate:
         x = np.concatenate([x, np.full((n, 1), math.sqrt(0.5))], axis=1)
     y, labels = _targets(rng, x, d_out, targets)
-    return Dataset(x.astype(np.float32), y.astype(np.float32), labels)
+    x = x.astype(np.float32)
+    # Unpaired points are independent: in low d or for many points they can come closer than a
+    # large delta, and the promised separation would silently not hold.
+    if delta is not None and separation(x) < delta - 1e-5:
+        raise ValueError(
+            f"delta={delta!r} is not attainable with n={n} points in d={d}: independent points come "
+            f"as close as {separation(x):.3g}; lower delta or n, or raise d"
+        )
+    return Dataset(x, y.astype(np.float32), labels)
 
 
 def _targets(rng, x, d_out, kind):
@@ -226,6 +245,8 @@ def read_idx(path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"path {str(path)!r} is not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"path {str(path)!r} is truncated: the header announces {ndim} dimensions")
     dims = struct.unpack(f">{ndim}i", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = int(np.prod(dims)) if dims else 1
@@ -244,7 +265,8 @@ def idx_dataset(images_path, labels_path, *, test_fraction=0.25, last_coordinate
     labels = read_idx(labels_path)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"labels_path holds {labels.shape[0]} labels for {images.shape[0]} images"
+            f"labels_path must hold one label per image ({images.shape[0]} in images_path), "
+            f"got {labels.shape[0]} labels"
         )
     return _split(images.reshape(images.shape[0], -1), labels, test_fraction, last_coordinate, seed)
 
@@ -282,7 +304,8 @@ def partition(
         raise ValueError(f"num_clients must be in [1, n={n}], got {num_clients!r}")
     if scheme not in PARTITIONS:
         raise ValueError(f"partition scheme must be one of {PARTITIONS}, got {scheme!r}")
-    if not (np.isfinite(alpha) and alpha > 0):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not (
+            np.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     rng = _rng(seed)
     K = int(num_clients)
@@ -291,8 +314,8 @@ def partition(
     elif scheme == "shards":
         if isinstance(shards_per_client, bool) or shards_per_client < 1 or K * shards_per_client > n:
             raise ValueError(
-                f"shards_per_client must be an integer with 1 <= K * shards_per_client <= n={n}, "
-                f"got {shards_per_client!r}"
+                f"shards_per_client must be an integer with 1 <= K * shards_per_client <= n={n} "
+                f"(num_clients K={K}), got {shards_per_client!r}"
             )
         order = np.argsort(labels, kind="stable")
         shards = np.array_split(order, K * shards_per_client)
@@ -325,15 +348,25 @@ def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, d), got {x.shape}")
     if y.ndim != 2 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape (n={x.shape[0]}, d_out), got {y.shape}")
     _check_finite("x", x)
     _check_finite("y", y)
     flat = np.concatenate(parts) if parts else np.array([], int)
     if len(flat) != x.shape[0] or not np.array_equal(np.sort(flat), np.arange(x.shape[0])):
-        raise ValueError("parts must cover every sample index exactly once")
+        n = x.shape[0]
+        inside = (flat >= 0) & (flat < n)
+        counts = np.bincount(flat[inside].astype(int), minlength=n)
+        raise ValueError(
+            f"parts must cover every sample index 0..{n - 1} exactly once, got {len(flat)} "
+            f"indices ({int(np.sum(counts == 0))} samples missing, {int(np.sum(counts > 1))} "
+            f"repeated, {int(np.sum(~inside))} out of range)")
     if any(len(p) == 0 for p in parts):
-        raise ValueError("parts must give every client at least one sample")
+        empty = [k for k, p in enumerate(parts) if len(p) == 0]
+        raise ValueError(
+            f"parts must give every client at least one sample, got empty clients {empty}")
     K, n_max = len(parts), max(len(p) for p in parts)
     cx = np.zeros((K, n_max, x.shape[1]), np.float32)
     cy = np.zeros((K, n_max, y.shape[1]), np.float32)

@@ -5,11 +5,28 @@ An :class:`Experiment` fixes the data, the network, the algorithm and the seeds.
 ``seeds`` initialisations and PRNG keys and runs them all in one compiled program
 (:func:`localsgd.algorithms.sweep`); results live in ``$LOCALSGD_RESULTS/cache`` (default
 ``results/cache``), so a rebuilt book does not recompute an unchanged run.
+
+Reliability:
+
+* Bad input is refused with a ValueError naming the parameter, the value and what is allowed,
+  before any work starts and before anything is written: the config on construction, what the
+  data decides (``n``, ``num_clients``, ``batch_size`` against the smallest client) right after
+  loading it.
+* Same config and seed, same numbers, bitwise (on one platform), whether computed or read back.
+* A cache entry is written atomically (temporary file, then rename) and carries a SHA-256 of its
+  contents; an entry that fails the check (corrupt, truncated) is recomputed with a warning.
+* With ``checkpoint_every`` the rounds run in chunks, and the state after each chunk is saved to
+  ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``; a killed run, started again, resumes from the last
+  checkpoint and ends with exactly the numbers of an uninterrupted run.
+* Inputs must be unit-norm (the theory assumes ``||x_i|| = 1``): :func:`load_data` and
+  :func:`client_data` (the way in for your own arrays) refuse other rows and point to
+  :func:`localsgd.data.normalise_rows`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -33,6 +50,7 @@ from . import theory
 
 DATASETS = ("sphere", "digits", "idx")
 ETA_RULES = ("fixed", "ntk")
+_NOT_IN_KEY = ("checkpoint_every",)  # fields that do not change the results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +74,10 @@ class Experiment:
 
     Seeds: ``seeds`` runs with seeds ``seed, seed + 1, ...`` (initialisation and minibatches);
     the data does not change with the seed.
+
+    Checkpoints: ``checkpoint_every`` rounds (0: off; else it must divide ``rounds`` and be a
+    multiple of ``eval_every``) between saved states of a run; see :func:`run`. The results do not
+    depend on it, so it is not part of the cache key.
     """
 
     dataset: str = "sphere"
@@ -84,9 +106,23 @@ class Experiment:
     metrics: tuple = ("loss",)
     seeds: int = 1
     seed: int = 0
+    checkpoint_every: int = 0
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # NumPy scalars as Python ones (JSON, the cache key)
+            v = getattr(self, f.name)
+            if isinstance(v, np.integer | np.floating):
+                object.__setattr__(self, f.name, v.item())
+        if not isinstance(self.metrics, (tuple, list)):
+            raise ValueError(
+                f"metrics must be a tuple of names from {tuple(al.METRICS)}, got {self.metrics!r}")
         object.__setattr__(self, "metrics", tuple(self.metrics))
+        if isinstance(self.eta, bool) or not isinstance(
+                self.eta, (int, float, np.integer, np.floating)) or not (
+                math.isfinite(self.eta) and self.eta > 0):
+            raise ValueError(f"eta must be a positive finite number, got {self.eta!r}")
+        # Floats as floats, so that eta=1 and eta=1.0 share a cache key.
+        object.__setattr__(self, "eta", float(self.eta))
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         for name, low in (("n", 0 if self.dataset != "sphere" else 2), ("num_clients", 1),
@@ -96,8 +132,14 @@ class Experiment:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.dataset == "sphere" and self.num_clients > self.n:
             raise ValueError(f"num_clients must be at most n={self.n}, got {self.num_clients!r}")
-        if self.dataset == "idx" and not (self.idx_images and self.idx_labels):
-            raise ValueError("idx_images and idx_labels must both name files for dataset='idx'")
+        if self.dataset == "idx":
+            for name in ("idx_images", "idx_labels"):
+                v = getattr(self, name)
+                if not isinstance(v, (str, os.PathLike)) or not Path(v).is_file():
+                    raise ValueError(
+                        f"{name} must name an existing IDX file for dataset='idx', got {v!r}")
+            object.__setattr__(self, "idx_images", str(self.idx_images))
+            object.__setattr__(self, "idx_labels", str(self.idx_labels))
         if self.targets not in dt.TARGETS:
             raise ValueError(f"targets must be one of {dt.TARGETS}, got {self.targets!r}")
         if self.partition not in dt.PARTITIONS:
@@ -105,13 +147,33 @@ class Experiment:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
             math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
         if self.delta is not None and (isinstance(self.delta, bool) or not isinstance(
                 self.delta, (int, float)) or not 0 < self.delta <= 1):
             raise ValueError(f"delta must be a number in (0, 1] or None, got {self.delta!r}")
+        if self.delta is not None:
+            object.__setattr__(self, "delta", float(self.delta))
+        if (self.dataset == "sphere" and self.partition == "shards"
+                and 2 * self.num_clients > self.n):
+            raise ValueError(
+                f"num_clients must be at most n/2={self.n // 2} with partition='shards' (two "
+                f"label-sorted shards per client), got {self.num_clients!r}")
         if self.eta_rule not in ETA_RULES:
             raise ValueError(f"eta_rule must be one of {ETA_RULES}, got {self.eta_rule!r}")
         self.run_config()  # validates algorithm, rounds, tau, eta, batch_size, eval_every, metrics
         self.net_spec()  # validates arch, m, L, activation and the sizes
+        if self.dataset == "sphere" and self.d < 3:
+            raise ValueError(
+                f"d must be an integer >= 3 for dataset='sphere' (the last coordinate is "
+                f"fixed), got {self.d!r}")
+        ce = self.checkpoint_every
+        if not al._is_int(ce) or ce < 0:
+            raise ValueError(
+                f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {ce!r}")
+        if ce and (self.rounds % ce or ce % self.eval_every):
+            raise ValueError(
+                f"checkpoint_every must divide rounds={self.rounds} and be a multiple of "
+                f"eval_every={self.eval_every} (or be 0: no checkpoints), got {ce!r}")
         if self.eta_rule == "ntk" and not self.eta < 2:
             raise ValueError(
                 f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), got {self.eta!r}"
@@ -122,7 +184,8 @@ class Experiment:
         return model.NetSpec(self.arch, d or self.d, self.m, self.L, d_out or self.d_out, self.activation)
 
     def run_config(self, eta: float | None = None) -> al.RunConfig:
-        return al.RunConfig(self.algorithm, self.rounds, self.tau, float(eta or self.eta),
+        eta = self.eta if eta is None else eta
+        return al.RunConfig(self.algorithm, self.rounds, self.tau, float(eta),
                             self.batch_size, self.eval_every, self.metrics)
 
     def replace(self, **changes) -> "Experiment":
@@ -130,8 +193,10 @@ class Experiment:
         return dataclasses.replace(self, **changes)
 
     def key(self) -> str:
-        """Cache key: a hash of every field and the library version."""
-        blob = json.dumps({"config": dataclasses.asdict(self), "version": __version__}, sort_keys=True)
+        """Cache key: a hash of every field that the results depend on (all but
+        ``checkpoint_every``) and the library version."""
+        config = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
+        blob = json.dumps({"config": config, "version": __version__}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -144,6 +209,11 @@ class Result:
     ``diverged_at: (S,)`` the round at which a seed diverged, or -1; ``test``: dict of ``(S,)``
     test metrics where the data set has a test split; ``provenance``: config, versions, platform,
     time taken.
+
+    A seed diverges when its weights or any recorded metric become non-finite; ``diverged_at`` is
+    then the first such round (a recorded round when only a metric shows it), training stops at
+    the last finite weights, and from there on ``metrics`` repeat the last finite record, so
+    every recorded value is finite. :meth:`divergence_message` names the parameter to lower.
     """
 
     config: Experiment
@@ -197,6 +267,33 @@ def load_data(exp: Experiment):
     return dt.to_clients(train.x, train.y, parts), test, train.labels
 
 
+def client_data(x, y, num_clients: int = 1, partition: str = "iid", *, labels=None,
+                alpha: float = 1.0, seed: int = 0) -> dt.ClientData:
+    """Your own samples ``x: (n, d)``, ``y: (n, d_out)`` split over ``num_clients`` clients, for
+    :func:`localsgd.algorithms.run` and :func:`localsgd.algorithms.sweep`.
+
+    The theory assumes unit-norm inputs, so rows that are not unit-norm are refused (ValueError,
+    pointing to :func:`localsgd.data.normalise_rows`), as are NaN or infinite entries, shapes that
+    do not match and ``num_clients`` outside ``[1, n]``. ``labels: (n,)`` drive the ``shards`` and
+    ``dirichlet`` partitions (default: the argmax of ``y``, or its sign when ``d_out == 1``).
+    """
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, d) with n >= 1, got shape {x.shape}")
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape (n={x.shape[0]}, d_out), got shape {y.shape}")
+    dt._check_finite("x", x)
+    dt._check_finite("y", y)
+    dt.check_unit_norm(x)
+    if labels is None:
+        labels = np.argmax(y, axis=1) if y.shape[1] > 1 else (y[:, 0] > 0).astype(int)
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape (n={x.shape[0]},), got shape {labels.shape}")
+    parts = dt.partition(labels, num_clients, partition, alpha=alpha, seed=seed)
+    return dt.to_clients(x, y, parts)
+
+
 def init_params(exp: Experiment, spec: model.NetSpec):
     """``seeds`` initialisations stacked on a leading axis, and their PRNG keys for training."""
     keys = jnp.stack([jax.random.key_data(jax.random.key(exp.seed + s)) for s in range(exp.seeds)])
@@ -213,9 +310,39 @@ def _results_dir() -> Path:
     return Path(os.environ.get("LOCALSGD_RESULTS", "results"))
 
 
+def _cache_path(exp: Experiment) -> Path:
+    return _results_dir() / "cache" / f"{exp.key()}.npz"
+
+
+def checkpoint_path(exp: Experiment) -> Path:
+    """Where :func:`run` keeps ``exp``'s checkpoint: ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``."""
+    return _results_dir() / "checkpoints" / f"{exp.key()}.npz"
+
+
+def checkpoint_info(exp: Experiment) -> dict | None:
+    """The header of ``exp``'s checkpoint (``round``: rounds done, ``key``, ``created``), or None
+    when there is none or it is unreadable."""
+    try:
+        meta, _ = _unpack(checkpoint_path(exp).read_bytes())
+    except Exception:  # noqa: BLE001  (missing or corrupt: no usable checkpoint)
+        return None
+    return meta
+
+
 def run(exp: Experiment, cache: bool = True) -> Result:
-    """Runs (or loads from the cache) every seed of ``exp`` in one compiled program."""
-    path = _results_dir() / "cache" / f"{exp.key()}.npz"
+    """Runs (or loads from the cache) every seed of ``exp`` in one compiled program.
+
+    Bad input raises ValueError before any work and before anything is written (the config on
+    construction; ``n``, ``num_clients`` and ``batch_size`` against the data right after loading
+    it). With ``exp.checkpoint_every`` the rounds run in chunks of that many (a progress bar
+    counts them) and the state after each chunk is saved atomically, with a checksum, to
+    :func:`checkpoint_path`; a run started again after being killed prints ``resuming from round
+    r`` and continues from there, ending with exactly the numbers of an uninterrupted run. The
+    checkpoint is deleted once the run completes (and its result is cached).
+    """
+    if not isinstance(exp, Experiment):
+        raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
+    path = _cache_path(exp)
     if cache:
         hit = _load(path, exp)
         if hit is not None:
@@ -224,28 +351,123 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     clients, test, _ = load_data(exp)
     d, d_out = clients.x.shape[-1], clients.y.shape[-1]
     spec = exp.net_spec(d, d_out)
+    cfg = exp.run_config()
+    # What only the data decides (batch_size against the smallest client), before any work.
+    shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
+    al.check_inputs(cfg, spec, shapes, clients)
     params0, keys = init_params(exp, spec)
     x_all = jnp.asarray(clients.x[clients.mask > 0])
     if exp.eta_rule == "ntk":
         etas = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))(params0)
     else:
         etas = jnp.full((exp.seeds,), exp.eta, jnp.float32)
-    cfg = exp.run_config()
-    out = al.sweep(cfg, spec, params0, clients, keys, np.asarray(etas))
-    metrics = {k: np.asarray(v) for k, v in out.metrics.items()}
+    etas = np.asarray(etas)
+    out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas)
+    metrics, diverged_at = _stop_at_divergence(metrics, rounds, np.asarray(out.diverged_at))
     test_metrics = {}
     if test is not None:
         preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x)))(out.params)
         test_metrics["accuracy"] = np.asarray(jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1))
         test_metrics["loss"] = np.asarray(jnp.mean(0.5 * jnp.sum((preds - test.y) ** 2, -1), axis=-1))
     res = Result(
-        config=exp, metrics=metrics, rounds=np.asarray(out.rounds[0]), eta=np.asarray(etas),
-        diverged_at=np.asarray(out.diverged_at), test=test_metrics,
-        provenance=_provenance(exp, time.perf_counter() - t0),
+        config=exp, metrics=metrics, rounds=rounds, eta=etas, diverged_at=diverged_at,
+        test=test_metrics, provenance=_provenance(exp, time.perf_counter() - t0, resumed),
     )
     if cache:
         _store(path, res)
+    if exp.checkpoint_every:
+        checkpoint_path(exp).unlink(missing_ok=True)
     return res
+
+
+def _sweep_fn(exp):
+    """``algorithms.sweep``, or with ``LOCALSGD_MESH=clients`` the same sweep with the clients
+    sharded over every device of every process (:mod:`localsgd.distributed`; the numbers agree
+    up to float32 rounding)."""
+    mesh = os.environ.get("LOCALSGD_MESH", "")
+    if mesh in ("", "none"):
+        return al.sweep
+    if mesh != "clients":
+        raise ValueError(f"LOCALSGD_MESH must be 'clients', 'none' or unset, got {mesh!r}")
+    from . import distributed
+
+    return functools.partial(distributed.sweep, mesh=distributed.client_mesh(num_clients=exp.num_clients))
+
+
+if os.environ.get("LOCALSGD_MESH") == "clients":  # a multi-host run must join before any JAX work
+    from . import distributed as _distributed
+
+    _distributed.initialize()
+
+
+def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
+    """The sweep, in chunks of ``checkpoint_every`` rounds when that is set (each continuing from
+    the previous one's state, which is exact). Returns the last chunk's output, the metrics and
+    recorded rounds of the whole run, and the round it resumed from (0 for a fresh start)."""
+    sweep = _sweep_fn(exp)
+    every = exp.checkpoint_every or exp.rounds
+    chunk = cfg if every == exp.rounds else dataclasses.replace(cfg, rounds=every)
+    total = exp.rounds // every
+    ckpt = checkpoint_path(exp)
+    state, parts, done = None, [], 0
+    if exp.checkpoint_every:
+        saved = _load_checkpoint(
+            ckpt, exp, etas, lambda: al.sweep(chunk, spec, params0, clients, keys, etas).state)
+        if saved is not None:
+            state, metrics, rounds, done = saved
+            parts.append((metrics, rounds))
+            print(f"resuming from round {done} of {exp.rounds} ({ckpt})", flush=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=done // every, desc=f"chunks of {every} rounds", leave=False,
+               disable=not exp.checkpoint_every)
+    out = None
+    try:
+        for c in range(done // every, total):
+            out = sweep(chunk, spec, params0, clients, keys, etas, start=state)
+            state = out.state
+            metrics = {k: np.asarray(v) for k, v in out.metrics.items()}
+            parts.append((metrics, np.asarray(out.rounds[0])))
+            if exp.checkpoint_every and c + 1 < total:
+                parts = [_concat(parts)]
+                _save_checkpoint(ckpt, exp, state, *parts[0], etas)
+            bar.update()
+    finally:
+        bar.close()
+    metrics, rounds = _concat(parts)
+    return out, metrics, rounds, done
+
+
+def _concat(parts):
+    """``[(metrics, rounds), ...]`` -> one ``(metrics, rounds)`` along the evaluation axis."""
+    if len(parts) == 1:
+        return parts[0]
+    metrics = {k: np.concatenate([m[k] for m, _ in parts], axis=1) for k in parts[0][0]}
+    return metrics, np.concatenate([r for _, r in parts])
+
+
+def _stop_at_divergence(metrics, rounds, diverged_at):
+    """Marks a seed diverged at the first recorded round with a non-finite metric (the weights
+    can stay finite while the loss overflows) and holds every metric at its last finite record
+    from there on, so that the returned metrics are finite. Ratios (``pl_ratio``, ``*_rel``) are
+    not signals: they are 0/0 where a loss or a gradient vanishes."""
+    metrics = {k: np.array(v) for k, v in metrics.items()}
+    diverged_at = np.array(diverged_at)
+    S, E = diverged_at.shape[0], len(rounds)
+    bad = np.zeros((S, E), bool)
+    for k, v in metrics.items():
+        if k != "pl_ratio" and not k.endswith("_rel"):
+            bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
+    for s in range(S):
+        hits = np.flatnonzero(bad[s])
+        if hits.size == 0 or hits[0] == 0:
+            continue
+        e = hits[0]
+        if diverged_at[s] < 0 or rounds[e] < diverged_at[s]:
+            diverged_at[s] = rounds[e]
+        for v in metrics.values():
+            v[s, e:] = v[s, e - 1]
+    return metrics, diverged_at
 
 
 def run_grid(exps, desc: str = "runs", cache: bool = True) -> list[Result]:
@@ -259,40 +481,69 @@ def run_grid(exps, desc: str = "runs", cache: bool = True) -> list[Result]:
     return [run(e, cache=cache) for e in tqdm(exps, desc=desc, leave=False)]
 
 
-def _provenance(exp, seconds):
+def _provenance(exp, seconds, resumed_from=0):
     import flax
-    import optax  # noqa: F401  (version recorded for the environment)
+    import jaxlib
+    import optax
 
     return {
         "config": dataclasses.asdict(exp),
         "key": exp.key(),
         "localsgd": __version__,
         "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
         "flax": flax.__version__,
+        "optax": optax.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "machine": platform.machine(),
+        "os": platform.platform(),
         "seconds": round(seconds, 3),
+        "resumed_from_round": int(resumed_from),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-# -- the cache ---------------------------------------------------------------------------------
+# -- the cache and the checkpoints -------------------------------------------------------------
+# One file format for both: a magic line, the header's length (8 bytes), the header (JSON), the
+# SHA-256 of header and payload (64 hex digits), the payload (an .npz of the arrays).
+
+_MAGIC = b"localsgd-results-v1\n"
 
 
-def _store(path: Path, res: Result) -> None:
-    """Writes the result atomically (temporary file, then rename) with a checksum of its arrays."""
-    arrays = {f"metrics/{k}": v for k, v in res.metrics.items()}
-    arrays.update({f"test/{k}": v for k, v in res.test.items()})
-    arrays.update(rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at)
+def _pack(meta: dict, arrays: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     payload = buf.getvalue()
-    meta = json.dumps({"sha256": hashlib.sha256(payload).hexdigest(), "provenance": res.provenance}).encode()
+    head = json.dumps(meta, sort_keys=True).encode()
+    digest = hashlib.sha256(head + payload).hexdigest().encode()
+    return _MAGIC + len(head).to_bytes(8, "little") + head + digest + payload
+
+
+def _unpack(blob: bytes):
+    """``(meta, arrays)``; raises ValueError on a file that is not one, truncated or corrupt."""
+    if not blob.startswith(_MAGIC):
+        raise ValueError("not a localsgd results file (bad magic line)")
+    blob = blob[len(_MAGIC) :]
+    size = int.from_bytes(blob[:8], "little")
+    if len(blob) < 8 + size + 64:
+        raise ValueError(f"truncated: {len(blob)} bytes after the magic line")
+    head, digest = blob[8 : 8 + size], blob[8 + size : 8 + size + 64]
+    payload = blob[8 + size + 64 :]
+    if hashlib.sha256(head + payload).hexdigest().encode() != digest:
+        raise ValueError("checksum mismatch")
+    return json.loads(head), np.load(io.BytesIO(payload))
+
+
+def _store(path: Path, res: Result) -> None:
+    """Writes the result atomically (temporary file, then rename) with a checksum."""
+    arrays = {f"metrics/{k}": v for k, v in res.metrics.items()}
+    arrays.update({f"test/{k}": v for k, v in res.test.items()})
+    arrays.update(rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, len(meta).to_bytes(8, "little") + meta + payload)
+    _atomic_write(path, _pack({"provenance": res.provenance}, arrays))
 
 
 def _atomic_write(path: Path, blob: bytes) -> None:
@@ -312,17 +563,57 @@ def _load(path: Path, exp: Experiment) -> Result | None:
     if not path.exists():
         return None
     try:
-        blob = path.read_bytes()
-        size = int.from_bytes(blob[:8], "little")
-        meta = json.loads(blob[8 : 8 + size])
-        payload = blob[8 + size :]
-        if hashlib.sha256(payload).hexdigest() != meta["sha256"]:
-            raise ValueError("checksum mismatch")
-        arrays = np.load(io.BytesIO(payload))
+        meta, arrays = _unpack(path.read_bytes())
+        if meta["provenance"]["key"] != exp.key():
+            raise ValueError(f"it holds key {meta['provenance']['key']}, not {exp.key()}")
         metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
         test = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("test/")}
         return Result(exp, metrics, arrays["rounds"], arrays["eta"], arrays["diverged_at"], test,
                       meta["provenance"])
-    except Exception as err:  # a corrupt or truncated entry is recomputed
+    except Exception as err:  # noqa: BLE001  (a corrupt or truncated entry is recomputed)
         warnings.warn(f"cache entry {path} is unreadable ({err}); recomputing", stacklevel=3)
+        return None
+
+
+def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) -> None:
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    arrays = {f"state/{i}": np.asarray(a) for i, a in enumerate(leaves)}
+    arrays.update({f"metrics/{k}": v for k, v in metrics.items()})
+    arrays.update(rounds=rounds, eta=etas)
+    meta = {"key": exp.key(), "round": int(rounds[-1]), "rounds": exp.rounds,
+            "treedef": str(treedef), "leaves": len(leaves),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, _pack(meta, arrays))
+
+
+def _load_checkpoint(path: Path, exp: Experiment, etas, template):
+    """``(state, metrics, rounds, round_done)`` from a valid checkpoint of ``exp``, else None (with
+    a warning when one exists but cannot be used). ``template()`` gives a state of the right
+    structure (only its shapes are evaluated)."""
+    if not path.exists():
+        return None
+    try:
+        meta, arrays = _unpack(path.read_bytes())
+        if meta["key"] != exp.key():
+            raise ValueError(f"it holds key {meta['key']}, not {exp.key()}")
+        done, every = int(meta["round"]), exp.checkpoint_every
+        if not (0 < done < exp.rounds and done % every == 0):
+            raise ValueError(f"round {done} is not a multiple of checkpoint_every={every} below "
+                             f"rounds={exp.rounds}")
+        if not np.array_equal(arrays["eta"], etas):
+            raise ValueError("its step sizes differ from this run's")
+        shapes, treedef = jax.tree_util.tree_flatten(jax.eval_shape(template))
+        if meta["treedef"] != str(treedef) or meta["leaves"] != len(shapes):
+            raise ValueError("its state has another structure")
+        leaves = [arrays[f"state/{i}"] for i in range(len(shapes))]
+        for a, t in zip(leaves, shapes, strict=True):
+            if a.shape != t.shape or a.dtype != t.dtype:
+                raise ValueError(
+                    f"a state array is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}")
+        state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
+        metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
+        return state, metrics, arrays["rounds"], done
+    except Exception as err:  # noqa: BLE001  (an unusable checkpoint means a fresh start)
+        warnings.warn(f"checkpoint {path} is unusable ({err}); starting from round 0", stacklevel=3)
         return None

@@ -1,0 +1,90 @@
+"""The book works without a network: its math renders from a MathJax copied into the build
+(sphinx-mathjax-offline), and neither the notebooks nor the library fetch anything.
+
+Cheap static checks. The HTML checks skip when the book has not been built
+(`python -m localsgd.pipeline render` writes book/_build/html; LOCALSGD_BOOK_HTML names another
+build).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = Path(os.environ.get("LOCALSGD_BOOK_HTML") or ROOT / "book" / "_build" / "html")
+PAGES = sorted(p for p in HTML.rglob("*.html") if "_static" not in p.parts) if HTML.is_dir() else []
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+LIBRARY = sorted((ROOT / "lib" / "localsgd").glob("*.py"))
+
+SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
+REMOTE = re.compile(r"^(?:https?:)?//", re.I)
+MATH = re.compile(r"mathjax|katex|polyfill", re.I)
+URL = re.compile(r"(?:https?:)?//[^\s\"'<>)]+", re.I)
+# A code line that fetches over the network (URLs in comments or prose are not code here).
+FETCH = re.compile(
+    r"\b(?:urllib|requests|httpx|aiohttp|urlopen|urlretrieve|wget|curl|fetch_openml|"
+    r"load_dataset|hf_hub_download|download)\b|https?://|pip install", re.I)
+
+
+def _no_html():
+    return pytest.mark.skip(reason="no built book (book/_build/html)")
+
+
+HTML_CASES = [pytest.param(p, id=str(p.relative_to(HTML))) for p in PAGES] or [
+    pytest.param(None, marks=_no_html())]
+
+
+@pytest.mark.parametrize("page", HTML_CASES)
+def test_built_pages_load_math_from_the_book_itself(page: Path):
+    text = page.read_text(encoding="utf-8", errors="replace")
+    sources = SCRIPT_SRC.findall(text)
+    remote_math = [s for s in sources if REMOTE.match(s) and MATH.search(s)]
+    assert not remote_math, f"{page.name} loads a math renderer from the network: {remote_math}"
+    # Also in inline scripts (a MathJax config with a loader path, say).
+    math_urls = sorted({u for u in URL.findall(text) if MATH.search(u)})
+    assert not math_urls, f"{page.name} points a math renderer at the network: {math_urls}"
+    for src in sources:
+        if MATH.search(src) and not REMOTE.match(src):
+            local = (page.parent / src.split("?", 1)[0]).resolve()
+            assert local.is_file(), f"{page.name} loads {src}, which the build does not hold"
+
+
+def test_the_bundled_mathjax_fetches_its_fonts_locally():
+    mathjax = HTML / "_static" / "mathjax"
+    if not mathjax.is_dir():
+        pytest.skip("no built book with a bundled MathJax")
+    assert list(mathjax.rglob("*.woff")), "MathJax's CHTML fonts are not bundled"
+
+
+def _code_cells(path: Path):
+    nb = nbformat.read(str(path), as_version=4)
+    return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+
+
+NB_CASES = [pytest.param(p, id=p.stem) for p in NOTEBOOKS] or [
+    pytest.param(None, marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))]
+
+
+@pytest.mark.parametrize("notebook", NB_CASES)
+def test_notebooks_fetch_nothing_from_the_network(notebook: Path):
+    hits = [
+        (i, line.strip())
+        for i, src in _code_cells(notebook)
+        for line in src.splitlines()
+        if FETCH.search(line.split("#", 1)[0])
+    ]
+    assert not hits, f"{notebook.name} fetches over the network (cell, line): {hits}"
+
+
+@pytest.mark.parametrize("module", LIBRARY, ids=[p.name for p in LIBRARY])
+def test_the_library_fetches_nothing_from_the_network(module: Path):
+    code = [line.split("#", 1)[0] for line in module.read_text().splitlines()]
+    hits = [line.strip() for line in code if re.search(
+        r"^\s*(?:import|from)\s+(?:urllib|requests|httpx|aiohttp|socket)\b|urlopen|fetch_openml",
+        line)]
+    assert not hits, f"{module.name} fetches over the network: {hits}"

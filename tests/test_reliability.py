@@ -1,0 +1,262 @@
+"""Reliability of experiments.run: divergence is reported by name, reruns are bitwise equal, the
+results cache refuses damaged entries (warning, then recomputing) and records provenance, and a
+run killed with SIGKILL resumes from its last checkpoint to exactly the numbers of an
+uninterrupted run.
+
+Every run is tiny and most share one compiled program; the kill test starts two interpreters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import jax
+import numpy as np
+import pytest
+
+from localsgd import experiments as ex
+
+TINY = dict(n=12, d=5, m=16, L=1, num_clients=3, rounds=6, eval_every=2, metrics=("loss", "dist"))
+CPU = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise claims are made on CPU")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    path = tmp_path / "results"
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(path))
+    return path
+
+
+def same(a: ex.Result, b: ex.Result) -> bool:
+    """Bitwise equality of everything a result holds but its provenance."""
+    arrays = lambda r: {"rounds": r.rounds, "eta": r.eta, "diverged_at": r.diverged_at,  # noqa: E731
+                        **{f"m/{k}": v for k, v in r.metrics.items()},
+                        **{f"t/{k}": v for k, v in r.test.items()}}
+    x, y = arrays(a), arrays(b)
+    return x.keys() == y.keys() and all(
+        np.asarray(x[k]).dtype == np.asarray(y[k]).dtype
+        and np.asarray(x[k]).tobytes() == np.asarray(y[k]).tobytes() for k in x)
+
+
+# -- divergence --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [1, 2])
+def test_a_huge_step_is_reported_as_divergence_naming_eta(tau, results):
+    exp = ex.Experiment(**TINY, tau=tau, eta=1e12, eta_rule="fixed")
+    res = ex.run(exp, cache=False)
+    assert res.diverged
+    r = int(res.diverged_at[0])
+    assert 1 <= r <= exp.rounds
+    msg = res.divergence_message()
+    assert f"round {r}" in msg and "eta=" in msg and "Lower eta" in msg
+    assert ("Lower eta or tau" in msg) == (tau > 1), msg
+    for name, v in res.metrics.items():
+        assert np.all(np.isfinite(v)), f"metric {name} is not finite after divergence: {v}"
+    # Training stopped at the last finite weights: from the divergence on, nothing moves.
+    after = res.rounds >= r
+    loss = res.metrics["loss"][0]
+    assert np.all(loss[after] == loss[np.flatnonzero(after)[0] - 1])
+
+
+def test_a_small_step_does_not_diverge(results):
+    res = ex.run(ex.Experiment(**TINY, eta=0.1, eta_rule="fixed"), cache=False)
+    assert not res.diverged and res.divergence_message() is None
+    assert np.all(res.diverged_at == -1)
+
+
+# -- determinism -------------------------------------------------------------------------------
+
+
+@CPU
+def test_same_config_and_seed_are_bitwise_equal_fresh_and_from_the_cache(results):
+    exp = ex.Experiment(**TINY)
+    first = ex.run(exp)  # computed and cached
+    again = ex.run(exp, cache=False)  # computed again
+    hit = ex.run(exp)  # read back
+    assert hit.provenance["created"] == first.provenance["created"]  # read, not recomputed
+    assert same(first, again) and same(first, hit)
+
+
+@CPU
+def test_different_seeds_differ(results):
+    a = ex.run(ex.Experiment(**TINY, seed=0), cache=False)
+    b = ex.run(ex.Experiment(**TINY, seed=1), cache=False)
+    assert not np.array_equal(a.metrics["loss"], b.metrics["loss"])
+    assert a.config.key() != b.config.key()
+
+
+# -- the results cache -------------------------------------------------------------------------
+
+
+def _damage_payload(blob: bytes) -> bytes:
+    b = bytearray(blob)
+    b[-200] ^= 0xFF  # a byte inside the arrays
+    return bytes(b)
+
+
+def _damage_checksum(blob: bytes) -> bytes:
+    i = len(ex._MAGIC) + 8 + int.from_bytes(blob[len(ex._MAGIC):len(ex._MAGIC) + 8], "little")
+    digit = b"0" if blob[i:i + 1] != b"0" else b"1"
+    return blob[:i] + digit + blob[i + 1:]
+
+
+def _damage_header(blob: bytes) -> bytes:
+    return blob.replace(b'"seconds": ', b'"seconds": 1', 1)  # still valid JSON, wrong checksum
+
+
+DAMAGE = {
+    "corrupt-bytes": _damage_payload,
+    "truncated": lambda blob: blob[: len(blob) // 2],
+    "truncated-to-nothing": lambda blob: b"",
+    "wrong-checksum": _damage_checksum,
+    "edited-provenance": _damage_header,
+    "not-our-format": lambda blob: b"PK\x03\x04" + blob[4:],
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE), ids=list(DAMAGE))
+def test_a_damaged_cache_entry_is_recomputed_with_a_warning(damage, results):
+    exp = ex.Experiment(**TINY)
+    good = ex.run(exp)
+    path = results / "cache" / f"{exp.key()}.npz"
+    path.write_bytes(DAMAGE[damage](path.read_bytes()))
+    with pytest.warns(UserWarning, match="unreadable.*recomputing"):
+        again = ex.run(exp)
+    assert same(good, again)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the entry was rewritten whole: no warning now
+        assert same(good, ex.run(exp))
+
+
+def test_an_entry_under_another_key_is_not_trusted(results):
+    a, b = ex.Experiment(**TINY, seed=0), ex.Experiment(**TINY, seed=1)
+    ex.run(a)
+    cache = results / "cache"
+    (cache / f"{b.key()}.npz").write_bytes((cache / f"{a.key()}.npz").read_bytes())
+    with pytest.warns(UserWarning, match="unreadable"):
+        res = ex.run(b)
+    assert same(res, ex.run(b, cache=False))
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(results):
+    exp = ex.Experiment(**TINY)
+    ex.run(exp)
+    assert sorted(p.name for p in (results / "cache").iterdir()) == [f"{exp.key()}.npz"]
+
+
+def test_provenance_records_config_versions_platform_and_time(results):
+    exp = ex.Experiment(**TINY)
+    prov = ex.run(exp).provenance
+    for field in ("config", "key", "localsgd", "jax", "jaxlib", "flax", "optax", "numpy", "python",
+                  "platform", "device", "machine", "os", "seconds", "created"):
+        assert field in prov, field
+    assert prov["config"]["m"] == exp.m and prov["key"] == exp.key()
+    assert prov["jax"] == jax.__version__ and prov["platform"] == jax.default_backend()
+    assert prov["seconds"] >= 0
+    json.dumps(prov)  # plain JSON
+
+
+def test_the_cache_key_covers_the_results_but_not_checkpointing():
+    base = ex.Experiment(**TINY)
+    assert base.key() == ex.Experiment(**TINY, checkpoint_every=2).key()
+    assert base.key() == ex.Experiment(**{**TINY, "m": 16}, eta=0.5).key()
+    assert base.key() == ex.Experiment(**{**TINY, "m": np.int64(16)}, eta=1 / 2).key()
+    for change in (dict(m=32), dict(seed=1), dict(eta=0.25), dict(tau=2), dict(partition="shards")):
+        assert base.key() != base.replace(**change).key(), change
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+@CPU
+def test_a_checkpointed_run_equals_an_uninterrupted_one_and_cleans_up(results):
+    plain = ex.run(ex.Experiment(**TINY), cache=False)
+    exp = ex.Experiment(**TINY, checkpoint_every=2)
+    chunked = ex.run(exp)
+    assert same(plain, chunked)
+    assert not ex.checkpoint_path(exp).exists()
+    assert (results / "cache" / f"{exp.key()}.npz").exists()
+
+
+@CPU
+def test_an_unusable_checkpoint_means_a_fresh_start_with_a_warning(results, capsys):
+    exp = ex.Experiment(**TINY, checkpoint_every=2)
+    path = ex.checkpoint_path(exp)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="checkpoint .* is unusable"):
+        res = ex.run(exp, cache=False)
+    assert "resuming" not in capsys.readouterr().out
+    assert same(res, ex.run(ex.Experiment(**TINY), cache=False))
+    assert not path.exists()
+
+
+CHILD = """
+import json, sys
+import numpy as np
+from localsgd import experiments as ex
+res = ex.run(ex.Experiment(**json.loads(sys.argv[1])))
+np.savez(sys.argv[2], rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at,
+         **{"metric_" + k: v for k, v in res.metrics.items()})
+print("finished", flush=True)
+"""
+# 20 chunks of 10 rounds, two seeds of Local SGD with ever-flipped masks in the state.
+LONG = dict(n=24, d=6, m=32, L=1, num_clients=3, algorithm="local_sgd", batch_size=4, tau=2,
+            rounds=200, eval_every=5, metrics=("loss", "ever_flipped"), seeds=2, eta=0.2,
+            eta_rule="fixed")
+
+
+@CPU
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, monkeypatch):
+    killed = tmp_path / "killed"
+    exp = ex.Experiment(**LONG, checkpoint_every=10)
+    env = {**os.environ, "LOCALSGD_RESULTS": str(killed), "JAX_PLATFORMS": "cpu"}
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    args = [sys.executable, str(script), json.dumps({**LONG, "checkpoint_every": 10})]
+    ckpt = killed / "checkpoints" / f"{exp.key()}.npz"
+
+    proc = subprocess.Popen(args + [str(tmp_path / "a.npz")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before its first checkpoint:\n{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint appeared within 240 s")
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(killed))
+    info = ex.checkpoint_info(exp)
+    assert info is not None, "the checkpoint is unreadable after the kill"
+    at = info["round"]
+    assert 0 < at < exp.rounds and at % 10 == 0
+    assert not list(killed.glob("cache/*.npz")), "the killed run got as far as caching"
+
+    done = subprocess.run(args + [str(tmp_path / "b.npz")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from round {at} of {exp.rounds}" in done.stdout, done.stdout
+    assert "finished" in done.stdout
+    assert not ckpt.exists(), "the checkpoint outlived the completed run"
+
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path / "reference"))
+    ref = ex.run(ex.Experiment(**LONG), cache=False)  # uninterrupted, no checkpoints, no cache
+    got = np.load(tmp_path / "b.npz")
+    want = {"rounds": ref.rounds, "eta": ref.eta, "diverged_at": ref.diverged_at,
+            **{"metric_" + k: v for k, v in ref.metrics.items()}}
+    assert sorted(got.files) == sorted(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].tobytes() == v.tobytes(), k
+    print(f"\nkilled with a checkpoint at round {at} of {exp.rounds}; resumed from round {at}; "
+          f"metrics bitwise equal to the uninterrupted run")
