@@ -1,0 +1,433 @@
+"""localsgd.algorithms: identities between the algorithms, unequal clients, determinism, sweeps,
+resuming, divergence and input validation.
+
+Every distinct (config, network, data shape) compiles a new program (about a second on CPU), so the
+tests share a few configurations; ``eta`` and the key are traced and cost no recompilation.
+Which identities hold *bitwise* on CPU and which only to float32 rounding is stated per test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from localsgd import algorithms as al
+from localsgd import data as dt
+from localsgd import diagnostics as dg
+from localsgd import model
+
+D, M, B = 8, 32, 2
+SPEC = model.NetSpec("deep", D, M, 2, 1)
+PARTS = [np.array([0, 5, 9]), np.array([1, 2, 3, 4, 6, 7, 8]), np.arange(10, 24)]  # sizes 3, 7, 14
+SGD = al.RunConfig("local_sgd", rounds=6, tau=1, eta=0.5, batch_size=B)
+LGD = al.RunConfig("local_gd", rounds=5, tau=1, eta=0.5)
+GD = al.RunConfig("gd", rounds=5, eta=0.5)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return dt.sphere(24, D, 1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def unequal(ds):
+    return dt.to_clients(ds.x, ds.y, PARTS)
+
+
+@pytest.fixture(scope="module")
+def one_client(ds):
+    return dt.to_clients(ds.x, ds.y, [np.arange(24)])
+
+
+@pytest.fixture(scope="module")
+def p0():
+    return model.init(jax.random.key(0), SPEC)
+
+
+@pytest.fixture(scope="module")
+def sgd_out(p0, unequal):
+    return al.run(SGD, SPEC, p0, unequal, jax.random.key(1))
+
+
+@pytest.fixture(scope="module")
+def lgd_out(p0, unequal):
+    return al.run(LGD, SPEC, p0, unequal, jax.random.key(1))
+
+
+def _leaves(out):
+    return [np.asarray(w) for w in out.params["trainable"]]
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+
+
+def _assert_bitwise(a, b):
+    assert a.keys() == b.keys() if isinstance(a, dict) else True
+    for x, y in (zip(a.values(), b.values()) if isinstance(a, dict) else zip(a, b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities
+
+
+def test_tau1_local_sgd_equals_minibatch_sgd(p0, unequal, sgd_out):
+    """Same key, same minibatches: averaging the models after one step equals stepping along the
+    averaged gradient, up to float32 rounding (the two orders of operations differ), also with
+    unequal clients and FedAvg's n_k / n weights."""
+    key = jax.random.key(1)
+    cfg = al.RunConfig("minibatch_sgd", rounds=6, eta=0.5, batch_size=B)
+    mb = al.run(cfg, SPEC, p0, unequal, key)
+    np.testing.assert_allclose(sgd_out.metrics["loss"], mb.metrics["loss"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(_leaves(sgd_out), _leaves(mb)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert _max_diff(_leaves(sgd_out), p0["trainable"]) > 1e-2  # it did train
+    # With another key the minibatches differ, and so do the weights, far beyond the tolerance.
+    other = al.run(cfg, SPEC, p0, unequal, jax.random.key(2))
+    assert _max_diff(_leaves(other), _leaves(mb)) > 1e-3
+
+
+def test_single_client_local_gd_equals_gd(p0, one_client):
+    """K = 1: Local GD with tau = 5 for R rounds is GD for 5R steps. Bitwise on CPU: the same
+    gradient steps in the same order, and averaging one model multiplies by exactly 1."""
+    key = jax.random.key(0)
+    local = al.run(al.RunConfig("local_gd", rounds=4, tau=5, eta=0.5), SPEC, p0, one_client, key)
+    gd = al.run(al.RunConfig("gd", rounds=20, eta=0.5, eval_every=5), SPEC, p0, one_client, key)
+    _assert_bitwise(_leaves(local), _leaves(gd))
+    _assert_bitwise(local.metrics, gd.metrics)
+    np.testing.assert_array_equal(local.rounds * 5, gd.rounds)
+    assert local.metrics["loss"][-1] < 0.5 * local.metrics["loss"][0]
+
+
+def test_local_gd_on_identical_clients_equals_gd(ds, p0, one_client):
+    """K identical clients (data.replicate): every client takes the same steps, so Local GD is
+    centralised GD; equal to float32 rounding (the average multiplies by 1/3 and sums 3 terms)."""
+    key = jax.random.key(0)
+    rep = al.run(al.RunConfig("local_gd", rounds=4, tau=5, eta=0.5), SPEC, p0,
+                 dt.replicate(ds.x, ds.y, 3), key)
+    gd = al.run(al.RunConfig("gd", rounds=20, eta=0.5, eval_every=5), SPEC, p0, one_client, key)
+    for a, b in zip(_leaves(rep), _leaves(gd)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rep.metrics["loss"], gd.metrics["loss"], rtol=1e-5)
+
+
+def test_gd_equals_local_gd_on_pooled_data(p0, unequal):
+    """``gd`` on clients is ``local_gd`` with K = 1 on ``data.pooled``; bitwise on CPU (the same
+    rows in the same order, padding included)."""
+    key = jax.random.key(0)
+    gd = al.run(GD, SPEC, p0, unequal, key)
+    pooled = al.run(LGD, SPEC, p0, dt.pooled(unequal), key)
+    _assert_bitwise(_leaves(gd), _leaves(pooled))
+    _assert_bitwise(gd.metrics, pooled.metrics)
+
+
+def test_local_gd_tau1_equals_gd_with_unequal_clients(p0, unequal, lgd_out):
+    """tau = 1: sum_k (n_k/n) (W - eta grad F_k) = W - eta grad F, so Local GD is GD whatever the
+    partition, provided the server weights clients by n_k / n. To float32 rounding."""
+    gd = al.run(GD, SPEC, p0, unequal, jax.random.key(0))
+    for a, b in zip(_leaves(lgd_out), _leaves(gd)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # An unweighted average of the clients' steps would land elsewhere.
+    g = dg.client_grads(SPEC, p0["trainable"], p0["fixed"], unequal, per_client=False)
+    plain = [w - 0.5 * jnp.mean(gk, axis=0) for w, gk in zip(p0["trainable"], g)]
+    weighted = [w - 0.5 * jnp.tensordot(unequal.weight, gk, axes=1)
+                for w, gk in zip(p0["trainable"], g)]
+    assert _max_diff(plain, weighted) > 1e-4
+
+
+def test_gd_is_gradient_descent_on_the_global_loss(p0, unequal):
+    """Five ``gd`` rounds against five explicit steps ``W <- W - eta grad F(W)``."""
+    gd = al.run(GD, SPEC, p0, unequal, jax.random.key(0))
+    loss_and_grad = jax.jit(dg.loss_and_grad, static_argnums=0)
+    W, losses = p0["trainable"], []
+    for _ in range(5):
+        F, g = loss_and_grad(SPEC, {"trainable": W, "fixed": p0["fixed"]}, unequal)
+        losses.append(float(F))
+        W = tuple(w - 0.5 * gw for w, gw in zip(W, g))
+    losses.append(float(loss_and_grad(SPEC, {"trainable": W, "fixed": p0["fixed"]}, unequal)[0]))
+    np.testing.assert_allclose(gd.metrics["loss"], losses, rtol=1e-5)
+    for a, b in zip(_leaves(gd), W):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_average():
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(5).astype(np.float32))
+    copies4 = jax.tree.map(lambda w: jnp.stack([w] * 4), W)
+    # Weights 1/4 are exact in binary: averaging 4 copies returns the model bitwise.
+    _assert_bitwise(al._average(jnp.full((4,), 0.25), copies4), W)
+    copies3 = jax.tree.map(lambda w: jnp.stack([w] * 3), W)
+    third = jnp.asarray(dt.replicate(np.ones((2, 1)), np.ones((2, 1)), 3).weight)  # 1/3 each
+    for a, b in zip(al._average(third, copies3), W):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    stack = jax.tree.map(lambda w: jnp.asarray(rng.standard_normal((3,) + w.shape), jnp.float32), W)
+    wts = np.array([0.2, 0.3, 0.5], np.float32)
+    for a, s in zip(al._average(jnp.asarray(wts), stack), stack):
+        np.testing.assert_allclose(a, np.tensordot(wts, np.asarray(s), axes=1), rtol=1e-5,
+                                   atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unequal clients: padding
+
+
+def test_minibatch_indices_use_only_real_samples(unequal):
+    mask = jnp.asarray(unequal.mask)
+    sizes = unequal.sizes
+    steps = 2000  # independent draws per step: one key, many steps
+    idx = np.asarray(al._minibatch_indices(jax.random.key(3), mask, steps, B))
+    assert idx.shape == (steps, 3, B)
+    for k, n_k in enumerate(sizes):
+        picks = idx[:, k, :]
+        assert picks.max() < n_k and picks.min() >= 0  # to_clients puts real rows first
+        assert np.all(picks[:, 0] != picks[:, 1])  # without replacement
+        # Uniform: each real sample is picked with probability b / n_k per step.
+        counts = np.bincount(picks.ravel(), minlength=n_k)
+        expected = steps * B / n_k
+        sd = math.sqrt(steps * (B / n_k) * (1 - B / n_k))
+        assert np.all(np.abs(counts - expected) < 5 * sd), (k, counts, expected)
+
+
+def test_padding_never_enters_training(p0, unequal, sgd_out, lgd_out):
+    """Make the padded rows absurd (inputs 3.0, targets 1e6): any minibatch or gradient that
+    touched them would change the run. Bitwise identical."""
+    pad = unequal.mask[..., None] == 0
+    junk = unequal._replace(x=np.where(pad, 3.0, unequal.x).astype(np.float32),
+                            y=np.where(pad, 1e6, unequal.y).astype(np.float32))
+    key = jax.random.key(1)
+    _assert_bitwise(al.run(SGD, SPEC, p0, junk, key).metrics, sgd_out.metrics)
+    _assert_bitwise(_leaves(al.run(SGD, SPEC, p0, junk, key)), _leaves(sgd_out))
+    _assert_bitwise(_leaves(al.run(LGD, SPEC, p0, junk, key)), _leaves(lgd_out))
+
+
+def test_recorded_loss_is_plain_mean_over_samples(ds, p0, unequal, lgd_out):
+    def np_loss(params):
+        h = np.maximum(ds.x @ np.asarray(params["fixed"]["A"], np.float64).T, 0)
+        for W in params["trainable"]:
+            h = np.maximum(h @ np.asarray(W, np.float64).T, 0)
+        out = h @ np.asarray(params["fixed"]["B"], np.float64).T
+        return np.mean(0.5 * np.sum((out - ds.y) ** 2, axis=1))
+
+    assert lgd_out.metrics["loss"][0] == pytest.approx(np_loss(p0), rel=1e-5)
+    assert lgd_out.metrics["loss"][-1] == pytest.approx(np_loss(lgd_out.params), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+
+
+def test_same_key_same_run_bitwise(p0, unequal, sgd_out):
+    again = al.run(SGD, SPEC, p0, unequal, jax.random.key(1))
+    _assert_bitwise(again.metrics, sgd_out.metrics)
+    _assert_bitwise(_leaves(again), _leaves(sgd_out))
+    other = al.run(SGD, SPEC, p0, unequal, jax.random.key(7))
+    assert not np.array_equal(other.metrics["loss"][1:], sgd_out.metrics["loss"][1:])
+    assert other.metrics["loss"][0] == sgd_out.metrics["loss"][0]  # same start
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep
+
+
+def test_sweep_equals_separate_runs(p0, unequal):
+    """Run s of a sweep equals ``run`` with params0[s], keys[s], etas[s] to float32 rounding (not
+    bitwise on CPU: vmapped matrix products are batched differently)."""
+    keys = jax.random.split(jax.random.key(5), 3)
+    inits = [model.init(jax.random.key(10 + s), SPEC) for s in range(3)]
+    params0 = jax.tree.map(lambda *a: jnp.stack(a), *inits)
+    etas = [0.1, 0.3, 0.5]
+    sw = al.sweep(SGD, SPEC, params0, unequal, keys, etas=etas)
+    sw_default = al.sweep(SGD, SPEC, params0, unequal, keys)
+    assert sw.metrics["loss"].shape == (3, SGD.evaluations)
+    for s in range(3):
+        ps = inits[s]
+        for cfg, out in ((al.RunConfig("local_sgd", 6, 1, etas[s], B), sw), (SGD, sw_default)):
+            one = al.run(cfg, SPEC, ps, unequal, keys[s])
+            np.testing.assert_allclose(out.metrics["loss"][s], one.metrics["loss"], rtol=1e-5,
+                                       atol=1e-6)
+            for a, b in zip(out.params["trainable"], _leaves(one)):
+                np.testing.assert_allclose(a[s], b, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(out.rounds[s], one.rounds)
+            assert int(out.diverged_at[s]) == int(one.diverged_at) == -1
+    # The seeds are different runs.
+    assert not np.allclose(sw.metrics["loss"][0], sw.metrics["loss"][1])
+
+
+@pytest.mark.parametrize("etas", [[0.1, 0.2], [0.1, -0.2, 0.3], [0.1, float("nan"), 0.3]])
+def test_sweep_rejects_bad_etas(p0, unequal, etas):
+    keys = jax.random.split(jax.random.key(0), 3)
+    params0 = jax.tree.map(lambda a: jnp.stack([a] * 3), p0)
+    with pytest.raises(ValueError, match="etas"):
+        al.sweep(SGD, SPEC, params0, unequal, keys, etas=etas)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resume_equals_one_long_run_bitwise(p0, unequal):
+    def cfg(R):
+        return al.RunConfig("local_sgd", rounds=R, tau=1, eta=0.5, batch_size=B, eval_every=4,
+                            metrics=("loss", "ever_flipped"))
+
+    key = jax.random.key(4)
+    first = al.run(cfg(8), SPEC, p0, unequal, key)
+    rest = al.run(cfg(12), SPEC, p0, unequal, key, start=first.state)
+    whole = al.run(cfg(20), SPEC, p0, unequal, key)
+    for k in whole.metrics:
+        np.testing.assert_array_equal(np.concatenate([first.metrics[k], rest.metrics[k]]),
+                                      whole.metrics[k])
+    np.testing.assert_array_equal(np.concatenate([first.rounds, rest.rounds]), whole.rounds)
+    np.testing.assert_array_equal(whole.rounds, [0, 4, 8, 12, 16, 20])
+    _assert_bitwise(_leaves(rest), _leaves(whole))
+    assert int(rest.state.round) == 20 and int(first.state.round) == 8
+    assert whole.metrics["ever_flipped"][-1] > 0  # the carried state is not trivially empty
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence
+
+
+def test_divergence_is_reported_and_weights_stay_finite(p0, unequal):
+    cfg = al.RunConfig("local_gd", rounds=5, tau=1, eta=1e10)  # LGD's program, another eta
+    out = al.run(cfg, SPEC, p0, unequal, jax.random.key(0))
+    assert int(out.diverged_at) >= 1
+    assert all(np.all(np.isfinite(w)) for w in _leaves(out))
+    # Training stopped at the last finite weights: nothing recorded after divergence changes.
+    # (Those weights can be huge: their loss may already overflow float32.)
+    r = int(out.diverged_at)
+    loss = out.metrics["loss"]
+    assert np.all(loss[r:] == loss[r - 1]) and loss[r - 1] != loss[0]
+    msg = al.divergence_message(cfg, int(out.diverged_at))
+    assert "eta" in msg and "1" in msg and "10000000000.0" in msg
+    assert al.divergence_message(cfg, -1) is None
+    assert "tau" in al.divergence_message(al.RunConfig("local_gd", rounds=5, tau=3, eta=1.0), 2)
+
+
+def test_converging_run_reports_no_divergence(lgd_out):
+    assert int(lgd_out.diverged_at) == -1
+    assert lgd_out.metrics["loss"][-1] < lgd_out.metrics["loss"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Recorded metrics
+
+
+def test_all_metrics(p0, unequal):
+    # local_gd compiles in about half the time of local_sgd with every metric; the clients'
+    # different data make the local models drift apart all the same.
+    cfg = al.RunConfig("local_gd", rounds=2, tau=3, eta=0.1, metrics=tuple(al.METRICS))
+    out = al.run(cfg, SPEC, p0, unequal, jax.random.key(2))
+    m, E, K, L = out.metrics, cfg.evaluations, 3, SPEC.L
+    want_keys = {k for name in al.METRICS for k in al.METRICS[name]}
+    assert set(m) == want_keys
+    shapes = {"loss": (E,), "client_loss": (E, K), "grad_norm": (E,), "pl_ratio": (E,),
+              "dist": (E, L), "dist_rel": (E,), "flips": (E,), "ever_flipped": (E,),
+              "forward_norms": (E, L + 1), "gap": (E, K), "gap_rel": (E, K),
+              "local_flips": (E, K), "drift": (E, K)}
+    for k, shape in shapes.items():
+        assert m[k].shape == shape, k
+        assert np.all(np.isfinite(m[k])), k
+    np.testing.assert_array_equal(out.rounds, [0, 1, 2])
+    # At round 0 nothing has moved (the gap and drift compare W with sum_k (n_k/n) W, which is W up
+    # to rounding).
+    for k in ("dist", "dist_rel", "flips", "ever_flipped", "local_flips"):
+        np.testing.assert_array_equal(m[k][0], 0.0)
+    assert np.all(m["gap_rel"][0] < 1e-5) and np.all(m["drift"][0] < 1e-5 * m["dist"][1].sum())
+    # After training the local models drift apart and their gradients differ.
+    assert np.all(m["drift"][1:] > 0) and np.all(m["gap"][1:] > 0) and np.all(m["dist"][1:] > 0)
+    # Consistency with the diagnostics and between metrics.
+    np.testing.assert_allclose(m["pl_ratio"], m["grad_norm"] ** 2 / m["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m["client_loss"] @ unequal.weight, m["loss"], rtol=1e-5)
+    assert np.all(np.diff(m["ever_flipped"]) >= 0) and np.all(m["ever_flipped"] >= m["flips"])
+    x_real = unequal.x[unequal.mask > 0]
+    norms, gnorm, rel = jax.jit(lambda p, W: (
+        dg.forward_norms(SPEC, p, x_real).mean(axis=1), dg.grad_norm(SPEC, p, unequal),
+        dg.relative_distance(W, p["trainable"])))(p0, out.params["trainable"])
+    np.testing.assert_allclose(m["forward_norms"][0], norms, rtol=1e-5)
+    np.testing.assert_allclose(m["grad_norm"][0], gnorm, rtol=1e-5)
+    np.testing.assert_allclose(m["dist_rel"][-1], rel, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"algorithm": "fedprox"}, "algorithm"),
+        ({"rounds": 0}, "rounds"),
+        ({"rounds": 2.0}, "rounds"),
+        ({"tau": 0}, "tau"),
+        ({"tau": True}, "tau"),
+        ({"algorithm": "gd", "tau": 2, "batch_size": None}, "tau"),
+        ({"algorithm": "minibatch_sgd", "tau": 3}, "tau"),
+        ({"eta": 0}, "eta"),
+        ({"eta": -1}, "eta"),
+        ({"eta": float("nan")}, "eta"),
+        ({"eta": float("inf")}, "eta"),
+        ({"eta": "0.1"}, "eta"),
+        ({"eta": True}, "eta"),
+        ({"batch_size": None}, "batch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.0}, "batch_size"),
+        ({"algorithm": "local_gd", "batch_size": 4}, "batch_size"),
+        ({"algorithm": "gd", "batch_size": 4}, "batch_size"),
+        ({"eval_every": 0}, "eval_every"),
+        ({"rounds": 10, "eval_every": 3}, "eval_every"),
+        ({"metrics": ("loss", "accuracy")}, "metrics"),
+        ({"metrics": ()}, "metrics"),
+    ],
+)
+def test_run_config_rejects_bad_field(changes, field):
+    kw = {"algorithm": "local_sgd", "rounds": 6, "tau": 1, "eta": 0.1, "batch_size": 2}
+    kw.update(changes)
+    with pytest.raises(ValueError, match=field):
+        al.RunConfig(**kw)
+
+
+def test_run_config_properties():
+    cfg = al.RunConfig("local_sgd", rounds=12, tau=3, eta=0.1, batch_size=2, eval_every=4,
+                       metrics=["loss"])
+    assert cfg.steps == 36 and cfg.evaluations == 4 and cfg.metrics == ("loss",)
+    hash(cfg)  # usable as a static jit argument
+
+
+def _bad_inputs(p0, unequal):
+    nan_x = unequal.x.copy()
+    nan_x[1, 0, 3] = np.nan
+    nan_y = unequal.y.copy()
+    nan_y[2, 5, 0] = np.inf
+    return [
+        ("batch_size", al.RunConfig("local_sgd", 2, 1, 0.1, batch_size=4), SPEC, p0, unequal),
+        ("data.x", LGD, model.NetSpec("deep", D + 1, M, 2, 1), p0, unequal),
+        ("data.y", LGD, model.NetSpec("deep", D, M, 2, 3), p0, unequal),
+        ("data.x", LGD, SPEC, p0, unequal._replace(x=nan_x)),
+        ("data.y", LGD, SPEC, p0, unequal._replace(y=nan_y)),
+        ("data.x", LGD, SPEC, p0, unequal._replace(x=unequal.x[0])),
+        ("data.mask", LGD, SPEC, p0, unequal._replace(mask=unequal.mask * np.array([[1], [0], [1]],
+                                                                                   np.float32))),
+        ("params0", LGD, model.NetSpec("deep", D, M, 3, 1), p0, unequal),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_check_inputs_names_the_bad_input(p0, unequal, case):
+    field, cfg, spec, params, data = _bad_inputs(p0, unequal)[case]
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        al.check_inputs(cfg, spec, params, data)
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):  # run() checks before work
+        al.run(cfg, spec, params, data, jax.random.key(0))
+
+
+def test_sweep_checks_inputs(p0, unequal):
+    params0 = jax.tree.map(lambda a: jnp.stack([a] * 2), p0)
+    cfg = al.RunConfig("local_sgd", 2, 1, 0.1, batch_size=4)
+    with pytest.raises(ValueError, match="batch_size"):
+        al.sweep(cfg, SPEC, params0, unequal, jax.random.split(jax.random.key(0), 2))
