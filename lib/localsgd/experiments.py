@@ -342,6 +342,7 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     """
     if not isinstance(exp, Experiment):
         raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
+    _sweep_fn(exp)  # a bad LOCALSGD_MESH fails here, before any work
     path = _cache_path(exp)
     if cache:
         hit = _load(path, exp)
@@ -391,7 +392,8 @@ def _sweep_fn(exp):
         raise ValueError(f"LOCALSGD_MESH must be 'clients', 'none' or unset, got {mesh!r}")
     from . import distributed
 
-    return functools.partial(distributed.sweep, mesh=distributed.client_mesh(num_clients=exp.num_clients))
+    mesh = distributed.client_mesh(num_clients=exp.num_clients)
+    return functools.partial(distributed.sweep, mesh=mesh)
 
 
 if os.environ.get("LOCALSGD_MESH") == "clients":  # a multi-host run must join before any JAX work
