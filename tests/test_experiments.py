@@ -65,6 +65,9 @@ def test_linear_rate_of_exact_exponential():
     assert analysis.linear_rate(t, F_floor, floor=1e-4)[0] == pytest.approx(0.3, rel=1e-8)
     assert analysis.log_linearity(t, F) == pytest.approx(1.0)
     assert analysis.log_linearity(t + 1, (t + 1) ** -2.0) < 0.95
+    # An exact zero has no logarithm: it is left out of the fit, not scored as a perfect line.
+    bent = np.array([1.0, 0.5, 0.4, 0.35, 0.0])
+    assert analysis.log_linearity(np.arange(5.0), bent) < 0.95
 
 
 def test_iterations_to_interpolates_log_linearly():

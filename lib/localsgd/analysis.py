@@ -43,10 +43,12 @@ def linear_rate(iterations, loss, floor: float = 0.0):
     return -s, se
 
 
-def log_linearity(iterations, loss):
-    """R^2 of the straight-line fit of ``log F`` against iterations: 1 for exactly linear
-    convergence."""
-    x, y = np.asarray(iterations, float), np.log(np.asarray(loss, float))
+def log_linearity(iterations, loss, floor: float = 0.0):
+    """R^2 of the straight-line fit of ``log F`` against iterations, over the points with
+    ``F > floor`` (a loss of exactly 0 has no logarithm): 1 for exactly linear convergence."""
+    x, loss = np.asarray(iterations, float), np.asarray(loss, float)
+    keep = np.isfinite(loss) & (loss > floor)
+    x, y = x[keep], np.log(loss[keep])
     s, a, _ = fit_line(x, y)
     resid = y - (a + s * x)
     tot = np.sum((y - y.mean()) ** 2)
@@ -78,3 +80,34 @@ def band(values, axis: int = 0):
     """``(median, low, high)`` over ``axis`` (the seeds): the middle and the 10th-90th percentiles."""
     v = np.asarray(values, float)
     return np.median(v, axis), np.percentile(v, 10, axis), np.percentile(v, 90, axis)
+
+
+def time_to_eps(rounds, steps, latency, bandwidth, model_bytes, step_time):
+    """Wall-clock time to reach a target loss under a simple cost model of federated training:
+
+    ``T = rounds * latency + rounds * model_bytes / bandwidth + steps * step_time``
+
+    i.e. every communication round pays one latency and one transfer of the model, and every
+    local step (clients work in parallel, so ``steps`` is per client, ``rounds * tau`` for
+    Local SGD) costs ``step_time``. Units: seconds, bytes and bytes per second.
+
+    All arguments broadcast against each other (NumPy rules): e.g. ``rounds, steps: (T,)`` for
+    several ``tau`` and ``latency: (A, 1)`` give ``(A, T)``. ``rounds`` and ``steps`` may be
+    ``inf`` (a run that never reached the target), which gives ``inf``. Raises ValueError for a
+    negative rounds, steps, latency, model_bytes or step_time, or a non-positive bandwidth.
+    """
+    args = {
+        "rounds": rounds, "steps": steps, "latency": latency, "model_bytes": model_bytes,
+        "step_time": step_time,
+    }
+    arrays = {}
+    for name, value in args.items():
+        a = np.asarray(value, float)
+        if np.any(np.isnan(a)) or np.any(a < 0):
+            raise ValueError(f"{name} must be non-negative numbers, got {value!r}")
+        arrays[name] = a
+    bw = np.asarray(bandwidth, float)
+    if np.any(np.isnan(bw)) or np.any(bw <= 0):
+        raise ValueError(f"bandwidth must be positive (bytes per second), got {bandwidth!r}")
+    r, s = arrays["rounds"], arrays["steps"]
+    return r * arrays["latency"] + r * arrays["model_bytes"] / bw + s * arrays["step_time"]
