@@ -86,3 +86,24 @@ def ntk_step_size(spec, params, x, scale: float = 1.0):
 def min_eig_at_init(spec, params, x):
     """``lambda_min`` of the NTK Gram at initialisation (``outputs="full"``), the rate's constant."""
     return dg.min_eigenvalue(dg.ntk_gram(spec, params, x, outputs="full"))
+
+
+def gram_infinity(x):
+    """Du et al. (2019)'s infinite-width Gram matrix of the two-layer ReLU network,
+    ``H^infty_ij = E_{w ~ N(0, I)}[x_i.x_j 1{w.x_i >= 0, w.x_j >= 0}]
+    = x_i.x_j (pi - arccos(cos_ij)) / (2 pi)`` with ``cos_ij`` the cosine of the angle between
+    ``x_i`` and ``x_j``. ``x: (n, d)`` -> ``(n, n)`` (NumPy, float64).
+
+    Exact: for ``arch="two_layer"`` with ``d_out = 1`` the empirical Gram
+    :func:`localsgd.diagnostics.ntk_gram` at initialisation is an average of ``m`` i.i.d. terms
+    with this mean, so it concentrates to ``H^infty`` at the rate ``m^{-1/2}``; its smallest
+    eigenvalue is Du et al.'s ``lambda_0``."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, d) with n >= 1, got {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    if np.any(norms == 0):
+        raise ValueError("x must have no all-zero rows: the angle to them is undefined")
+    dots = x @ x.T
+    cos = np.clip(dots / np.outer(norms, norms), -1.0, 1.0)
+    return dots * (np.pi - np.arccos(cos)) / (2.0 * np.pi)
