@@ -194,10 +194,25 @@ class Experiment:
 
     def key(self) -> str:
         """Cache key: a hash of every field that the results depend on (all but
-        ``checkpoint_every``) and the library version."""
+        ``checkpoint_every``), the library version and the source of the modules that compute
+        results, so that a changed library never serves a stale entry."""
         config = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
-        blob = json.dumps({"config": config, "version": __version__}, sort_keys=True)
+        blob = json.dumps({"config": config, "version": __version__, "source": _source_digest()},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+_COMPUTING_MODULES = ("algorithms", "data", "diagnostics", "experiments", "model", "theory")
+
+
+@functools.cache
+def _source_digest() -> str:
+    """SHA-256 of the source of the modules whose code determines a run's numbers."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _COMPUTING_MODULES:
+        h.update((here / f"{name}.py").read_bytes())
+    return h.hexdigest()
 
 
 @dataclasses.dataclass
