@@ -328,4 +328,6 @@ def test_theory_shapes():
     np.testing.assert_allclose(np.diff(logs), 10 * math.log((1 - 0.25) ** 2))
     assert logs[0] == pytest.approx(math.log(2.0))
     np.testing.assert_allclose(theory.lazy_distance_shape([1, 4, 16]), [1, 0.5, 0.25])
+    np.testing.assert_allclose(theory.lazy_distance_shape([1, 4, 16], "deep"), [1, 0.25, 1 / 16])
+    np.testing.assert_allclose(theory.lazy_distance_shape([1, 4], "deep", relative=False), [1, 0.5])
     np.testing.assert_allclose(theory.pl_constant_shape([100, 200], 10, 5, 0.5), [0.1, 0.2])

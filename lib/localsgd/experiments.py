@@ -434,7 +434,7 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
             state, metrics, rounds, done = saved
             parts.append((metrics, rounds))
             print(f"resuming from round {done} of {exp.rounds} ({ckpt})", flush=True)
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 
     bar = tqdm(total=total, initial=done // every, desc=f"chunks of {every} rounds", leave=False,
                disable=not exp.checkpoint_every)
@@ -489,7 +489,7 @@ def _stop_at_divergence(metrics, rounds, diverged_at):
 
 def run_grid(exps, desc: str = "runs", cache: bool = True) -> list[Result]:
     """Runs several experiments with a progress bar; all configs are validated first."""
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 
     exps = list(exps)
     for e in exps:

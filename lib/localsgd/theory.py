@@ -42,11 +42,25 @@ def predicted_log_loss(iterations, F0, eta, lam_min, n):
     return math.log(F0) + np.asarray(iterations, float) * math.log(linear_rate(eta, lam_min, n))
 
 
-def lazy_distance_shape(m):
-    """Relative movement ``||W_T - W_0|| / ||W_0||`` in the lazy regime: the absolute movement is
-    ``O(omega)``-bounded independent of width while ``||W_0||_F`` grows as ``sqrt(m)``, so the ratio
-    scales as ``m^{-1/2}`` (up to constants and the data's ``n``, ``L``, ``delta``)."""
-    return np.asarray(m, float) ** -0.5
+def lazy_distance_exponent(arch: str = "two_layer", relative: bool = True) -> float:
+    """Exponent ``p`` of the width scaling ``m^p`` of the weights' movement in the lazy regime.
+
+    Two-layer net (``W: m x d``, entries ``N(0, 1)``): every neuron moves ``O(1/sqrt(m))``, so the
+    total movement ``||W_T - W_0||_F`` is ``O(1)`` while ``||W_0||_F ~ sqrt(m d)``: relative
+    movement ``m^{-1/2}`` (Du et al. 2019). Deep net (``W_l: m x m``, ``N(0, 2/m)``): with ALS19's
+    step ``eta ~ 1/m`` and gradient ``~ sqrt(m F)`` the absolute movement is ``m^{-1/2}`` and,
+    since ``||W_0||_F ~ sqrt(2m)``, the relative movement is ``m^{-1}``. Shapes only: the
+    constants depend on ``n``, ``L`` and ``delta``.
+    """
+    if arch not in ("deep", "two_layer"):
+        raise ValueError(f"arch must be 'deep' or 'two_layer', got {arch!r}")
+    absolute = 0.0 if arch == "two_layer" else -0.5
+    return absolute - 0.5 if relative else absolute
+
+
+def lazy_distance_shape(m, arch: str = "two_layer", relative: bool = True):
+    """``m^p`` with ``p = lazy_distance_exponent(arch, relative)``, for overlays."""
+    return np.asarray(m, float) ** lazy_distance_exponent(arch, relative)
 
 
 def critical_step_size(gram_max_eig, n):
