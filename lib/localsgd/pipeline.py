@@ -487,6 +487,9 @@ def execute(
         "LOCALSGD_RESULTS": str(results),
         "LOCALSGD_PROFILE": profile,
         "JUPYTER_PREFER_ENV_PATH": "1",
+        # JAX's persistent compilation cache: a rebuilt book skips recompiling unchanged programs.
+        "JAX_COMPILATION_CACHE_DIR": os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR", str(Path(results).resolve() / "jax-cache")),
     }
     with _environ(**env):
         for i, (path, params) in enumerate(plan, start=1):
