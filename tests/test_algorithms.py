@@ -298,15 +298,28 @@ def test_divergence_is_reported_and_weights_stay_finite(p0, unequal):
     out = al.run(cfg, SPEC, p0, unequal, jax.random.key(0))
     assert int(out.diverged_at) >= 1
     assert all(np.all(np.isfinite(w)) for w in _leaves(out))
-    # Training stopped at the last finite weights: nothing recorded after divergence changes.
-    # (Those weights can be huge: their loss may already overflow float32.)
+    # Training stopped at the last weights whose loss was finite: every record after the one
+    # that saw the divergence is finite and frozen.
     r = int(out.diverged_at)
-    loss = out.metrics["loss"]
-    assert np.all(loss[r:] == loss[r - 1]) and loss[r - 1] != loss[0]
+    loss = np.asarray(out.metrics["loss"])
+    assert r < len(loss) - 1
+    # Here the loss overflows after round 1 while the weights are still finite (they turn
+    # non-finite only in round 2): the recorded loss catches it at round 1.
+    assert r == 1 and not np.isfinite(loss[1])
+    assert np.all(np.isfinite(loss[r + 1:])) and np.all(loss[r + 1:] == loss[-1])
     msg = al.divergence_message(cfg, int(out.diverged_at))
     assert "eta" in msg and "1" in msg and "10000000000.0" in msg
     assert al.divergence_message(cfg, -1) is None
     assert "tau" in al.divergence_message(al.RunConfig("local_gd", rounds=5, tau=3, eta=1.0), 2)
+
+
+def test_runs_under_float64(p0, unequal):
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p0)
+        out = al.run(al.RunConfig("local_gd", rounds=4, tau=2, eta=0.01, eval_every=2), SPEC, p64,
+                     unequal, jax.random.key(0))
+        assert out.params["trainable"][0].dtype == jnp.float64
+    assert int(out.diverged_at) == -1 and np.all(np.isfinite(out.metrics["loss"]))
 
 
 def test_converging_run_reports_no_divergence(lgd_out):

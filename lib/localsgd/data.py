@@ -173,8 +173,8 @@ def sphere(
     # large delta, and the promised separation would silently not hold.
     if delta is not None and separation(x) < delta - 1e-5:
         raise ValueError(
-            f"delta={delta!r} is not attainable with n={n} points in d={d}: independent points come "
-            f"as close as {separation(x):.3g}; lower delta or n, or raise d"
+            f"delta={delta!r} is not attainable with n={n} points in d={d}: independent points "
+            f"come as close as {separation(x):.3g}; lower delta or n, or raise d"
         )
     return Dataset(x, y.astype(np.float32), labels)
 
