@@ -43,12 +43,15 @@ run: $(STAMP)
 	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }
 	$(PY) -m localsgd.pipeline run $(NB) --profile $(PROFILE) $(PARAMS)
 
+# FedJAX, the comparison, goes into its own venv (bench/fedjax/.venv) on the first run; where it
+# cannot be installed the bench says so and goes on without it.
 bench: $(STAMP)
-	$(PY) bench/run.py
+	$(PY) bench/run.py --install-fedjax
+	$(PY) bench/scaling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf book/_build book/executed results bench/results.json .pytest_cache .ruff_cache
+	rm -rf book/_build book/executed results bench/results.json bench/scaling.json .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -12,8 +12,11 @@ Every algorithm has the signature ``run(config, spec, params0, data, key) -> Tra
   computes a minibatch gradient at ``W_bar`` and the server steps along their weighted mean. With
   the same key it draws the same minibatches as ``local_sgd`` with ``tau = 1``.
 
-The program: clients are a leading array axis; ``vmap`` runs a local step on all clients at once,
-``lax.scan`` runs the ``tau`` local steps, the rounds between evaluations and the evaluations.
+The program: clients are a leading array axis; ``vmap`` runs a local step on all clients at once
+(on a CPU, ``lax.map`` runs the clients in turn instead, each its ``tau`` steps: the same numbers,
+faster there, see ``_client_loop``), ``lax.scan`` runs the ``tau`` local steps, the rounds between
+evaluations and the evaluations. The gradient is written out (``_backprop``, the operations of
+``jax.grad``) so that each layer is updated in place as soon as its gradient is known.
 Metrics are recorded inside the scan, at round 0 and after every ``eval_every`` rounds. Only the
 learning rate and arrays are traced, so a new seed, new data values or a new ``eta`` reuse the
 compiled program; :func:`sweep` vmaps whole runs over seeds and learning rates.
@@ -198,13 +201,15 @@ def _broadcast(tree, K):
 def _minibatch_indices(key, mask, tau, b):
     """``(tau, K, b)`` indices, each row drawn uniformly without replacement from the client's real
     samples (padding gets a score above every real one and is never chosen)."""
-    return _pick(_minibatch_scores(key, mask, tau), b)
+    # A sort, not _pick's top_k: XLA's SPMD partitioner keeps a sort along the sample axis local to
+    # each device's clients, where it gathers top_k's operands (localsgd.distributed).
+    return jnp.argsort(_minibatch_scores(key, mask, tau), axis=-1)[..., :b]
 
 
 def _minibatch_scores(key, mask, tau):
     """``(tau, K, n_max)`` uniform scores, 2.0 on padding; a row's ``b`` smallest are its
-    minibatch (:func:`_pick`). The algorithms pick each step's rows inside the step loop, so that a
-    round holds only these scores (4 bytes a sample and step), not the sort's workspace."""
+    minibatch (:func:`_pick`). With clients in turn (``loop="map"``) each step picks its rows
+    inside the step loop, so that a round holds only these scores, not a sort's workspace."""
     # Drawn flat and reshaped: the same numbers as drawing the shape directly (the threefry PRNG
     # is partitionable, JAX's default: element i depends only on the key and i), but XLA compiles
     # the flat draw in about a third of the time (~1 s less per program on two cores).
@@ -279,29 +284,29 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
     def client_step(W, f, y, w):
         return _backprop(spec, fixed, W, f, y, w, update=lambda a, ga: a - eta * ga)
 
-    def batch(scores):
-        """Every client's minibatch (``scores: (K, n_max)``, see ``_pick``) or full batch
-        (``scores is None``)."""
-        if scores is None:
+    def batch(idx):
+        """Every client's minibatch (``idx: (K, b)``) or full batch (``idx is None``)."""
+        if idx is None:
             return feats, train.y, client_w
-        idx = _pick(scores, b)
         return _gather(feats, idx), _gather(train.y, idx), jnp.full(idx.shape, 1.0 / b, feats.dtype)
 
     def local_phase(Wbar, rkey):
         """The clients' models at the end of a round, leaves ``(K, ...)``."""
         if algorithm == "minibatch_sgd":
-            scores = _minibatch_scores(rkey, train.mask, 1)[0]
-            g = jax.vmap(client_grad, in_axes=(None, 0, 0, 0))(Wbar, *batch(scores))
+            idx = _minibatch_indices(rkey, train.mask, 1, b)[0]
+            g = jax.vmap(client_grad, in_axes=(None, 0, 0, 0))(Wbar, *batch(idx))
             g = _average(train.weight, g)
             return _broadcast(jax.tree.map(lambda w, gw: w - eta * gw, Wbar, g), K)
-        scores = _minibatch_scores(rkey, train.mask, tau) if algorithm in STOCHASTIC else None
-        if loop.startswith("map"):
+        stochastic = algorithm in STOCHASTIC
+        if loop == "map":
+            scores = _minibatch_scores(rkey, train.mask, tau) if stochastic else None
             return clients_in_turn(Wbar, scores)
+        idx = _minibatch_indices(rkey, train.mask, tau, b) if stochastic else None
 
-        def step(Ws, scores_t):
-            return jax.vmap(client_step)(Ws, *batch(scores_t)), None
+        def step(Ws, idx_t):
+            return jax.vmap(client_step)(Ws, *batch(idx_t)), None
 
-        Ws, _ = jax.lax.scan(step, _broadcast(Wbar, K), scores, length=tau)
+        Ws, _ = jax.lax.scan(step, _broadcast(Wbar, K), idx, length=tau)
         return Ws
 
     def clients_in_turn(Wbar, scores):
@@ -323,8 +328,7 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
             return jax.lax.scan(step, Wbar, sk, length=tau)[0]
 
         sk = None if scores is None else jnp.swapaxes(scores, 0, 1)  # (K, tau, n_max)
-        chunk = int(loop[4:]) if loop.startswith("map:") else None
-        return jax.lax.map(client, (feats, train.y, client_w, sk), batch_size=chunk)
+        return jax.lax.map(client, (feats, train.y, client_w, sk))
 
     need_locals = any(m in ROUND_END for m in metrics)
     init_patterns = dg.activation_patterns(spec, params0, data.x) if (
