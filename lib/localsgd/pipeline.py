@@ -36,12 +36,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .report import write_json_atomic
 
 KERNEL_NAME = "python3"
 PARAMETERS_TAG = "parameters"
@@ -361,20 +362,6 @@ class Executed:
     parameters: dict[str, Any]
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _record_timing(results: Path, profile: str, item: Executed) -> None:
     path = results / "timings" / f"{profile}.json"
     try:
@@ -395,7 +382,7 @@ def _record_timing(results: Path, profile: str, item: Executed) -> None:
         "parameters": item.parameters,
         "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    _atomic_write_json(path, data)
+    write_json_atomic(path, data)
 
 
 @contextlib.contextmanager
