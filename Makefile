@@ -36,6 +36,7 @@ book: $(STAMP)
 	$(PY) -m localsgd.pipeline book --profile $(PROFILE) $(PARAMS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	$(PY) -m localsgd.pipeline render --warnings-as-errors
 

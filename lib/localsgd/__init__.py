@@ -1,3 +1,4 @@
-"""localsgd: Local (S)GD on over-parameterised ReLU networks, after Deng, Kamani and Mahdavi (2022)."""
+"""localsgd: Local (S)GD on over-parameterised ReLU networks, after Deng, Kamani and Mahdavi
+(2022)."""
 
 __version__ = "0.1.0"

@@ -96,10 +96,13 @@ class RunConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.algorithm in ("gd", "minibatch_sgd") and self.tau != 1:
             raise ValueError(
-                f"tau must be 1 for algorithm={self.algorithm!r} (one step per round), got {self.tau!r}"
+                f"tau must be 1 for algorithm={self.algorithm!r} (one step per round), "
+                f"got {self.tau!r}"
             )
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float, np.floating)) or not (
-            math.isfinite(self.eta) and self.eta > 0
+        if (
+            isinstance(self.eta, bool)
+            or not isinstance(self.eta, (int, float, np.floating))
+            or not (math.isfinite(self.eta) and self.eta > 0)
         ):
             raise ValueError(f"eta must be a positive finite number, got {self.eta!r}")
         if self.algorithm in STOCHASTIC:
@@ -119,7 +122,9 @@ class RunConfig:
             )
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics:
-            raise ValueError(f"metrics must be a non-empty subset of {tuple(METRICS)}, got {self.metrics!r}")
+            raise ValueError(
+                f"metrics must be a non-empty subset of {tuple(METRICS)}, got {self.metrics!r}"
+            )
 
     @property
     def steps(self) -> int:
@@ -133,7 +138,14 @@ class RunConfig:
 
     def _static(self) -> tuple:
         # Everything but eta: eta is traced, so changing it does not recompile.
-        return (self.algorithm, self.rounds, self.tau, self.batch_size, self.eval_every, self.metrics)
+        return (
+            self.algorithm,
+            self.rounds,
+            self.tau,
+            self.batch_size,
+            self.eval_every,
+            self.metrics,
+        )
 
 
 class TrainState(NamedTuple):
@@ -171,7 +183,8 @@ def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: Cl
         raise ValueError(f"data.x must have shape (K, n_max, d={spec.d}), got {x.shape}")
     if y.ndim != 3 or y.shape[:2] != x.shape[:2] or y.shape[-1] != spec.d_out:
         raise ValueError(
-            f"data.y must have shape (K, n_max, d_out={spec.d_out}) matching data.x {x.shape[:2]}, got {y.shape}"
+            f"data.y must have shape (K, n_max, d_out={spec.d_out}) matching data.x "
+            f"{x.shape[:2]}, got {y.shape}"
         )
     for name, a in (("data.x", x), ("data.y", y)):
         if not np.all(np.isfinite(a)):
@@ -186,7 +199,9 @@ def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: Cl
         )
     shapes = tuple(tuple(w.shape) for w in params0["trainable"])
     if shapes != spec.layer_shapes:
-        raise ValueError(f"params0 trainable shapes {shapes} do not match the spec {spec.layer_shapes}")
+        raise ValueError(
+            f"params0 trainable shapes {shapes} do not match the spec {spec.layer_shapes}"
+        )
 
 
 def _average(weight, trees):
@@ -271,8 +286,10 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
     if algorithm == "gd":
         K, n_max = data.mask.shape
         train = ClientData(
-            data.x.reshape(1, K * n_max, -1), data.y.reshape(1, K * n_max, -1),
-            data.mask.reshape(1, K * n_max), jnp.ones((1,), data.weight.dtype),
+            data.x.reshape(1, K * n_max, -1),
+            data.y.reshape(1, K * n_max, -1),
+            data.mask.reshape(1, K * n_max),
+            jnp.ones((1,), data.weight.dtype),
         )
     K = train.mask.shape[0]
     feats = model.features(spec, fixed, train.x)  # fixed input map: once per run
@@ -331,8 +348,11 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
         return jax.lax.map(client, (feats, train.y, client_w, sk))
 
     need_locals = any(m in ROUND_END for m in metrics)
-    init_patterns = dg.activation_patterns(spec, params0, data.x) if (
-        "flips" in metrics or "ever_flipped" in metrics) else None
+    init_patterns = (
+        dg.activation_patterns(spec, params0, data.x)
+        if ("flips" in metrics or "ever_flipped" in metrics)
+        else None
+    )
 
     client_mean_w = data.mask / jnp.sum(data.mask, axis=1, keepdims=True)
 
@@ -365,7 +385,9 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
             pats = dg.activation_patterns(spec, p, data.x)
             out["flips"] = dg.flip_fraction(pats, init_patterns, data.mask)
             ever = [e | (a != b0) for e, a, b0 in zip(ever, pats, init_patterns)]
-            out["ever_flipped"] = dg.flip_fraction(ever, [jnp.zeros_like(e) for e in ever], data.mask)
+            out["ever_flipped"] = dg.flip_fraction(
+                ever, [jnp.zeros_like(e) for e in ever], data.mask
+            )
         if "forward_norms" in metrics:
             norms = dg.forward_norms(spec, p, data.x.reshape(-1, data.x.shape[-1]))
             m = data.mask.ravel()
@@ -379,10 +401,14 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
                 out["local_flips"] = jax.vmap(
                     lambda Wk, xk, mk: dg.flip_fraction(
                         dg.activation_patterns(spec, {"trainable": Wk, "fixed": fixed}, xk),
-                        dg.activation_patterns(spec, {"trainable": Wavg, "fixed": fixed}, xk), mk)
+                        dg.activation_patterns(spec, {"trainable": Wavg, "fixed": fixed}, xk),
+                        mk,
+                    )
                 )(Ws, train.x, train.mask)
             if "drift" in metrics:
-                out["drift"] = jax.vmap(lambda Wk: dg.tree_norm(jax.tree.map(jnp.subtract, Wk, Wavg)))(Ws)
+                out["drift"] = jax.vmap(
+                    lambda Wk: dg.tree_norm(jax.tree.map(jnp.subtract, Wk, Wavg))
+                )(Ws)
         keep = {k for name in metrics for k in METRICS[name]}
         return {k: v for k, v in out.items() if k in keep}, ever
 
@@ -392,8 +418,9 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
         new = _average(train.weight, Ws)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(new)]))
         ok = (diverged_at < 0) & finite
-        diverged_at = jnp.where((diverged_at < 0) & ~finite, (r + 1).astype(diverged_at.dtype),
-                                diverged_at)
+        diverged_at = jnp.where(
+            (diverged_at < 0) & ~finite, (r + 1).astype(diverged_at.dtype), diverged_at
+        )
         Wbar = jax.tree.map(lambda a, b0: jnp.where(ok, a, b0), new, Wbar)
         return (Wbar, diverged_at), Ws
 
@@ -401,8 +428,11 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
         (Wbar, diverged_at), ever = carry[:2], carry[2]
         state = (Wbar, diverged_at)
         if eval_every > 1:
-            state, _ = jax.lax.scan(lambda c, r: (one_round(c, r)[0], None), state,
-                                    first_round + jnp.arange(eval_every - 1))
+            state, _ = jax.lax.scan(
+                lambda c, r: (one_round(c, r)[0], None),
+                state,
+                first_round + jnp.arange(eval_every - 1),
+            )
         state, Ws = one_round(state, first_round + eval_every - 1)
         rec, ever = evaluate(state[0], Ws, ever)
         Wnew, diverged_at = state
@@ -410,8 +440,9 @@ def _train(static, spec, eta, params0, data, key, start=None, loop="vmap"):
             # The loss can overflow while the weights are still finite: such a run is stopped too,
             # at the weights it had at the previous evaluation, whose loss was finite.
             bad = (diverged_at < 0) & ~jnp.isfinite(rec["loss"])
-            diverged_at = jnp.where(bad, (first_round + eval_every).astype(diverged_at.dtype),
-                                    diverged_at)
+            diverged_at = jnp.where(
+                bad, (first_round + eval_every).astype(diverged_at.dtype), diverged_at
+            )
             Wnew = jax.tree.map(lambda a, b0: jnp.where(bad, b0, a), Wnew, Wbar)
         return (Wnew, diverged_at, ever), rec
 
@@ -468,8 +499,14 @@ def _client_loop() -> str:
     return "map" if jax.default_backend() == "cpu" else "vmap"
 
 
-def run(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData, key,
-        start: TrainState | None = None) -> TrainOutput:
+def run(
+    config: RunConfig,
+    spec: model.NetSpec,
+    params0: dict,
+    data: ClientData,
+    key,
+    start: TrainState | None = None,
+) -> TrainOutput:
     """Runs ``config.algorithm`` from ``params0`` on ``data`` with PRNG ``key``: one compiled
     program. See the module docstring for the algorithms and :class:`TrainOutput` for the result.
 
@@ -478,12 +515,27 @@ def run(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData,
     """
     check_inputs(config, spec, params0, data)
     data = ClientData(*(jnp.asarray(a) for a in data))
-    return _train_jit(config._static(), spec, jnp.asarray(config.eta, jnp.float32), params0, data,
-                      key, start, loop=_client_loop())
+    return _train_jit(
+        config._static(),
+        spec,
+        jnp.asarray(config.eta, jnp.float32),
+        params0,
+        data,
+        key,
+        start,
+        loop=_client_loop(),
+    )
 
 
-def sweep(config: RunConfig, spec, params0, data: ClientData, keys, etas=None,
-          start: TrainState | None = None) -> TrainOutput:
+def sweep(
+    config: RunConfig,
+    spec,
+    params0,
+    data: ClientData,
+    keys,
+    etas=None,
+    start: TrainState | None = None,
+) -> TrainOutput:
     """Many runs in one compiled program, vmapped over a leading axis ``S``.
 
     ``params0`` leaves and ``keys`` carry the axis ``S`` (one initialisation and one key per run);
@@ -501,8 +553,9 @@ def sweep(config: RunConfig, spec, params0, data: ClientData, keys, etas=None,
         if etas.shape != (S,) or not np.all(np.isfinite(etas) & (etas > 0)):
             raise ValueError(f"etas must be {S} positive finite numbers, got {etas!r}")
     data = ClientData(*(jnp.asarray(a) for a in data))
-    return _sweep_jit(config._static(), spec, jnp.asarray(etas), params0, data, keys, start,
-                      loop=_client_loop())
+    return _sweep_jit(
+        config._static(), spec, jnp.asarray(etas), params0, data, keys, start, loop=_client_loop()
+    )
 
 
 def divergence_message(config: RunConfig, diverged_at: int) -> str | None:
@@ -512,5 +565,6 @@ def divergence_message(config: RunConfig, diverged_at: int) -> str | None:
     lower = "eta" if config.tau == 1 else "eta or tau"
     return (
         f"The run diverged at round {int(diverged_at)}: the loss became non-finite. "
-        f"Lower {lower} (eta={config.eta}, tau={config.tau}); training stopped at the last finite weights."
+        f"Lower {lower} (eta={config.eta}, tau={config.tau}); training stopped at the last "
+        "finite weights."
     )

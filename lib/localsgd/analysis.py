@@ -77,7 +77,8 @@ def iterations_to(iterations, loss, eps: float):
 
 
 def band(values, axis: int = 0):
-    """``(median, low, high)`` over ``axis`` (the seeds): the middle and the 10th-90th percentiles."""
+    """``(median, low, high)`` over ``axis`` (the seeds): the median and the 10th and 90th
+    percentiles."""
     v = np.asarray(values, float)
     return np.median(v, axis), np.percentile(v, 10, axis), np.percentile(v, 90, axis)
 
@@ -97,7 +98,10 @@ def time_to_eps(rounds, steps, latency, bandwidth, model_bytes, step_time):
     negative rounds, steps, latency, model_bytes or step_time, or a non-positive bandwidth.
     """
     args = {
-        "rounds": rounds, "steps": steps, "latency": latency, "model_bytes": model_bytes,
+        "rounds": rounds,
+        "steps": steps,
+        "latency": latency,
+        "model_bytes": model_bytes,
         "step_time": step_time,
     }
     arrays = {}

@@ -90,7 +90,8 @@ def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
         zero = np.flatnonzero(norms[:, 0] == 0)
         raise ValueError(
             f"x must have no all-zero rows (they cannot be normalised), got zero rows "
-            f"{zero[:10].tolist()}")
+            f"{zero[:10].tolist()}"
+        )
     if not last_coordinate:
         return x / norms
     half = math.sqrt(0.5)
@@ -140,14 +141,20 @@ def sphere(
       last_coordinate: ALS19's convention: the last coordinate of every ``x_i`` is ``1/sqrt(2)``.
       seed: NumPy seed.
     """
-    for name, value, low in (("n", n, 2), ("d", d, 3 if last_coordinate else 2), ("d_out", d_out, 1)):
+    for name, value, low in (
+        ("n", n, 2),
+        ("d", d, 3 if last_coordinate else 2),
+        ("d_out", d_out, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
-    if delta is not None and (isinstance(delta, bool)
-                              or not isinstance(delta, (int, float, np.number))
-                              or not 0 < delta <= 1.0):
+    if delta is not None and (
+        isinstance(delta, bool)
+        or not isinstance(delta, (int, float, np.number))
+        or not 0 < delta <= 1.0
+    ):
         raise ValueError(f"delta must be in (0, 1] (or None), got {delta!r}")
     rng = _rng(seed)
     k = d - 1 if last_coordinate else d
@@ -304,15 +311,22 @@ def partition(
         raise ValueError(f"num_clients must be in [1, n={n}], got {num_clients!r}")
     if scheme not in PARTITIONS:
         raise ValueError(f"partition scheme must be one of {PARTITIONS}, got {scheme!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not (
-            np.isfinite(alpha) and alpha > 0):
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float, np.number))
+        or not (np.isfinite(alpha) and alpha > 0)
+    ):
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     rng = _rng(seed)
     K = int(num_clients)
     if scheme == "iid":
         parts = np.array_split(rng.permutation(n), K)
     elif scheme == "shards":
-        if isinstance(shards_per_client, bool) or shards_per_client < 1 or K * shards_per_client > n:
+        if (
+            isinstance(shards_per_client, bool)
+            or shards_per_client < 1
+            or K * shards_per_client > n
+        ):
             raise ValueError(
                 f"shards_per_client must be an integer with 1 <= K * shards_per_client <= n={n} "
                 f"(num_clients K={K}), got {shards_per_client!r}"
@@ -362,11 +376,13 @@ def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
         raise ValueError(
             f"parts must cover every sample index 0..{n - 1} exactly once, got {len(flat)} "
             f"indices ({int(np.sum(counts == 0))} samples missing, {int(np.sum(counts > 1))} "
-            f"repeated, {int(np.sum(~inside))} out of range)")
+            f"repeated, {int(np.sum(~inside))} out of range)"
+        )
     if any(len(p) == 0 for p in parts):
         empty = [k for k, p in enumerate(parts) if len(p) == 0]
         raise ValueError(
-            f"parts must give every client at least one sample, got empty clients {empty}")
+            f"parts must give every client at least one sample, got empty clients {empty}"
+        )
     K, n_max = len(parts), max(len(p) for p in parts)
     cx = np.zeros((K, n_max, x.shape[1]), np.float32)
     cy = np.zeros((K, n_max, y.shape[1]), np.float32)
@@ -407,6 +423,8 @@ def label_skew(labels, parts: list[np.ndarray]) -> float:
     labels = np.asarray(labels)
     classes = np.unique(labels)
     glob = np.array([np.mean(labels == c) for c in classes])
-    tv = [0.5 * np.abs(np.array([np.mean(labels[p] == c) for c in classes]) - glob).sum() for p in parts]
+    tv = [
+        0.5 * np.abs(np.array([np.mean(labels[p] == c) for c in classes]) - glob).sum()
+        for p in parts
+    ]
     return float(np.mean(tv))
-

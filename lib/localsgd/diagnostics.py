@@ -29,7 +29,8 @@ def tree_dot(a, b) -> jax.Array:
 
 
 def _sample_weights(data) -> jax.Array:
-    """``mask / n``: weights that turn a sum of per-sample losses into the global mean, ``(K, n_max)``."""
+    """``mask / n``: weights that turn a sum of per-sample losses into the global mean,
+    ``(K, n_max)``."""
     return data.mask / jnp.sum(data.mask)
 
 
@@ -43,7 +44,12 @@ def global_loss_of(spec, trainable, fixed, data) -> jax.Array:
     feats = model.features(spec, fixed, data.x)
     f = feats.reshape(-1, feats.shape[-1])
     return model.weighted_loss(
-        spec, trainable, fixed, f, data.y.reshape(-1, data.y.shape[-1]), _sample_weights(data).ravel()
+        spec,
+        trainable,
+        fixed,
+        f,
+        data.y.reshape(-1, data.y.shape[-1]),
+        _sample_weights(data).ravel(),
     )
 
 
@@ -55,9 +61,9 @@ def loss(spec, params, data) -> jax.Array:
 def client_losses(spec, params, data) -> jax.Array:
     """Each client's mean loss ``F_k(W)``, ``(K,)``."""
     feats = model.features(spec, params["fixed"], data.x)
-    per = jax.vmap(lambda f, y: model.sample_losses(spec, params["trainable"], params["fixed"], f, y))(
-        feats, data.y
-    )
+    per = jax.vmap(
+        lambda f, y: model.sample_losses(spec, params["trainable"], params["fixed"], f, y)
+    )(feats, data.y)
     return jnp.sum(per * _client_weights(data), axis=1)
 
 
@@ -148,7 +154,10 @@ def forward_norms(spec, params, x) -> jax.Array:
     """``||h_l(x_i)||`` for every hidden layer and sample: ``x: (n, d) -> (layers, n)``
     (``L + 1`` layers ``h_0..h_L`` for the deep net, one for the two-layer net)."""
     return jnp.stack(
-        [jnp.linalg.norm(h, axis=-1) for h in model.hidden(spec, params["trainable"], params["fixed"], x)]
+        [
+            jnp.linalg.norm(h, axis=-1)
+            for h in model.hidden(spec, params["trainable"], params["fixed"], x)
+        ]
     )
 
 
@@ -178,7 +187,8 @@ def ntk_gram(spec, params, x, outputs: str = "sum") -> jax.Array:
     ``outputs="full"`` it is ``(n d_out, n d_out)`` ordered ``(i, o)``; with ``outputs="sum"`` the
     output pairs ``o = o'`` are summed, ``(n, n)`` (equal to the full one when ``d_out = 1``).
 
-    Computed layer by layer as ``sum_l (delta_l delta_l^T) * (h_{l-1} h_{l-1}^T)``, which never forms
+    Computed layer by layer as ``sum_l (delta_l delta_l^T) * (h_{l-1} h_{l-1}^T)``, which never
+    forms
     the ``n d_out x P`` Jacobian.
     """
     if outputs not in ("sum", "full"):
@@ -202,11 +212,14 @@ def min_eigenvalue(gram) -> jax.Array:
 
 
 def gradient_change_ratio(spec, params, data, direction, t) -> jax.Array:
-    """``||grad F(W + t U) - grad F(W)|| / (t ||U||)``: bounded as ``t -> 0`` for a gradient-Lipschitz
+    """``||grad F(W + t U) - grad F(W)|| / (t ||U||)``: bounded as ``t -> 0`` for a
+    gradient-Lipschitz
     loss, unbounded for the ReLU network at points where a pattern flips within ``t``."""
     g0 = loss_and_grad(spec, params, data)[1]
-    moved = {"trainable": jax.tree.map(lambda w, u: w + t * u, params["trainable"], direction),
-             "fixed": params["fixed"]}
+    moved = {
+        "trainable": jax.tree.map(lambda w, u: w + t * u, params["trainable"], direction),
+        "fixed": params["fixed"],
+    }
     g1 = loss_and_grad(spec, moved, data)[1]
     return tree_norm(jax.tree.map(jnp.subtract, g1, g0)) / (t * tree_norm(direction))
 
@@ -218,5 +231,8 @@ def semi_smoothness_residual(spec, params, data, step) -> jax.Array:
     ``O(n L^2 m / d) ||W'||^2`` (for the summed loss).
     """
     f0, g0 = loss_and_grad(spec, params, data)
-    moved = {"trainable": jax.tree.map(jnp.add, params["trainable"], step), "fixed": params["fixed"]}
+    moved = {
+        "trainable": jax.tree.map(jnp.add, params["trainable"], step),
+        "fixed": params["fixed"],
+    }
     return loss(spec, moved, data) - f0 - tree_dot(g0, step)

@@ -42,11 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__
+from . import __version__, model, theory
 from . import algorithms as al
 from . import data as dt
-from . import model
-from . import theory
 
 DATASETS = ("sphere", "digits", "idx")
 ETA_RULES = ("fixed", "ntk")
@@ -115,18 +113,26 @@ class Experiment:
                 object.__setattr__(self, f.name, v.item())
         if not isinstance(self.metrics, (tuple, list)):
             raise ValueError(
-                f"metrics must be a tuple of names from {tuple(al.METRICS)}, got {self.metrics!r}")
+                f"metrics must be a tuple of names from {tuple(al.METRICS)}, got {self.metrics!r}"
+            )
         object.__setattr__(self, "metrics", tuple(self.metrics))
-        if isinstance(self.eta, bool) or not isinstance(
-                self.eta, (int, float, np.integer, np.floating)) or not (
-                math.isfinite(self.eta) and self.eta > 0):
+        if (
+            isinstance(self.eta, bool)
+            or not isinstance(self.eta, (int, float, np.integer, np.floating))
+            or not (math.isfinite(self.eta) and self.eta > 0)
+        ):
             raise ValueError(f"eta must be a positive finite number, got {self.eta!r}")
         # Floats as floats, so that eta=1 and eta=1.0 share a cache key.
         object.__setattr__(self, "eta", float(self.eta))
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        for name, low in (("n", 0 if self.dataset != "sphere" else 2), ("num_clients", 1),
-                          ("data_seed", 0), ("seeds", 1), ("seed", 0)):
+        for name, low in (
+            ("n", 0 if self.dataset != "sphere" else 2),
+            ("num_clients", 1),
+            ("data_seed", 0),
+            ("seeds", 1),
+            ("seed", 0),
+        ):
             v = getattr(self, name)
             if not al._is_int(v) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -137,27 +143,38 @@ class Experiment:
                 v = getattr(self, name)
                 if not isinstance(v, (str, os.PathLike)) or not Path(v).is_file():
                     raise ValueError(
-                        f"{name} must name an existing IDX file for dataset='idx', got {v!r}")
+                        f"{name} must name an existing IDX file for dataset='idx', got {v!r}"
+                    )
             object.__setattr__(self, "idx_images", str(self.idx_images))
             object.__setattr__(self, "idx_labels", str(self.idx_labels))
         if self.targets not in dt.TARGETS:
             raise ValueError(f"targets must be one of {dt.TARGETS}, got {self.targets!r}")
         if self.partition not in dt.PARTITIONS:
             raise ValueError(f"partition must be one of {dt.PARTITIONS}, got {self.partition!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (
-            math.isfinite(self.alpha) and self.alpha > 0):
+        if (
+            isinstance(self.alpha, bool)
+            or not isinstance(self.alpha, (int, float))
+            or not (math.isfinite(self.alpha) and self.alpha > 0)
+        ):
             raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
-        if self.delta is not None and (isinstance(self.delta, bool) or not isinstance(
-                self.delta, (int, float)) or not 0 < self.delta <= 1):
+        if self.delta is not None and (
+            isinstance(self.delta, bool)
+            or not isinstance(self.delta, (int, float))
+            or not 0 < self.delta <= 1
+        ):
             raise ValueError(f"delta must be a number in (0, 1] or None, got {self.delta!r}")
         if self.delta is not None:
             object.__setattr__(self, "delta", float(self.delta))
-        if (self.dataset == "sphere" and self.partition == "shards"
-                and 2 * self.num_clients > self.n):
+        if (
+            self.dataset == "sphere"
+            and self.partition == "shards"
+            and 2 * self.num_clients > self.n
+        ):
             raise ValueError(
                 f"num_clients must be at most n/2={self.n // 2} with partition='shards' (two "
-                f"label-sorted shards per client), got {self.num_clients!r}")
+                f"label-sorted shards per client), got {self.num_clients!r}"
+            )
         if self.eta_rule not in ETA_RULES:
             raise ValueError(f"eta_rule must be one of {ETA_RULES}, got {self.eta_rule!r}")
         self.run_config()  # validates algorithm, rounds, tau, eta, batch_size, eval_every, metrics
@@ -165,30 +182,43 @@ class Experiment:
         if self.dataset == "sphere" and self.d < 3:
             raise ValueError(
                 f"d must be an integer >= 3 for dataset='sphere' (the last coordinate is "
-                f"fixed), got {self.d!r}")
+                f"fixed), got {self.d!r}"
+            )
         ce = self.checkpoint_every
         if not al._is_int(ce) or ce < 0:
             raise ValueError(
-                f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {ce!r}")
+                f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {ce!r}"
+            )
         if ce and (self.rounds % ce or ce % self.eval_every):
             raise ValueError(
                 f"checkpoint_every must divide rounds={self.rounds} and be a multiple of "
-                f"eval_every={self.eval_every} (or be 0: no checkpoints), got {ce!r}")
+                f"eval_every={self.eval_every} (or be 0: no checkpoints), got {ce!r}"
+            )
         if self.eta_rule == "ntk" and not self.eta < 2:
             raise ValueError(
-                f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), got {self.eta!r}"
+                f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), "
+                f"got {self.eta!r}"
             )
 
     # -- the pieces -------------------------------------------------------------------------
     def net_spec(self, d: int | None = None, d_out: int | None = None) -> model.NetSpec:
-        return model.NetSpec(self.arch, d or self.d, self.m, self.L, d_out or self.d_out, self.activation)
+        return model.NetSpec(
+            self.arch, d or self.d, self.m, self.L, d_out or self.d_out, self.activation
+        )
 
     def run_config(self, eta: float | None = None) -> al.RunConfig:
         eta = self.eta if eta is None else eta
-        return al.RunConfig(self.algorithm, self.rounds, self.tau, float(eta),
-                            self.batch_size, self.eval_every, self.metrics)
+        return al.RunConfig(
+            self.algorithm,
+            self.rounds,
+            self.tau,
+            float(eta),
+            self.batch_size,
+            self.eval_every,
+            self.metrics,
+        )
 
-    def replace(self, **changes) -> "Experiment":
+    def replace(self, **changes) -> Experiment:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -197,8 +227,9 @@ class Experiment:
         ``checkpoint_every``), the library version and the source of the modules that compute
         results, so that a changed library never serves a stale entry."""
         config = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
-        blob = json.dumps({"config": config, "version": __version__, "source": _source_digest()},
-                          sort_keys=True)
+        blob = json.dumps(
+            {"config": config, "version": __version__, "source": _source_digest()}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -253,7 +284,9 @@ class Result:
             return None
         s = int(np.argmax(self.diverged_at >= 0))
         cfg = self.config.run_config(float(self.eta[s]))
-        return al.divergence_message(cfg, int(self.diverged_at[s])) + f" (seed {self.config.seed + s})"
+        return (
+            al.divergence_message(cfg, int(self.diverged_at[s])) + f" (seed {self.config.seed + s})"
+        )
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -264,7 +297,9 @@ def load_data(exp: Experiment):
     :class:`localsgd.data.Dataset` (or None) and the training labels."""
     test = None
     if exp.dataset == "sphere":
-        train = dt.sphere(exp.n, exp.d, exp.d_out, delta=exp.delta, targets=exp.targets, seed=exp.data_seed)
+        train = dt.sphere(
+            exp.n, exp.d, exp.d_out, delta=exp.delta, targets=exp.targets, seed=exp.data_seed
+        )
     else:
         if exp.dataset == "digits":
             train, test = dt.digits(seed=exp.data_seed)
@@ -272,18 +307,31 @@ def load_data(exp: Experiment):
             train, test = dt.idx_dataset(exp.idx_images, exp.idx_labels, seed=exp.data_seed)
         if exp.n:
             if exp.n > train.x.shape[0]:
-                raise ValueError(f"n must be at most the {train.x.shape[0]} training samples, got {exp.n}")
+                raise ValueError(
+                    f"n must be at most the {train.x.shape[0]} training samples, got {exp.n}"
+                )
             train = dt.Dataset(*(a[: exp.n] for a in train))
         if exp.num_clients > train.x.shape[0]:
             raise ValueError(
-                f"num_clients must be at most n={train.x.shape[0]}, got {exp.num_clients!r}")
+                f"num_clients must be at most n={train.x.shape[0]}, got {exp.num_clients!r}"
+            )
     dt.check_unit_norm(train.x)
-    parts = dt.partition(train.labels, exp.num_clients, exp.partition, alpha=exp.alpha, seed=exp.data_seed)
+    parts = dt.partition(
+        train.labels, exp.num_clients, exp.partition, alpha=exp.alpha, seed=exp.data_seed
+    )
     return dt.to_clients(train.x, train.y, parts), test, train.labels
 
 
-def client_data(x, y, num_clients: int = 1, partition: str = "iid", *, labels=None,
-                alpha: float = 1.0, seed: int = 0) -> dt.ClientData:
+def client_data(
+    x,
+    y,
+    num_clients: int = 1,
+    partition: str = "iid",
+    *,
+    labels=None,
+    alpha: float = 1.0,
+    seed: int = 0,
+) -> dt.ClientData:
     """Your own samples ``x: (n, d)``, ``y: (n, d_out)`` split over ``num_clients`` clients, for
     :func:`localsgd.algorithms.run` and :func:`localsgd.algorithms.sweep`.
 
@@ -383,11 +431,20 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     test_metrics = {}
     if test is not None:
         preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x)))(out.params)
-        test_metrics["accuracy"] = np.asarray(jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1))
-        test_metrics["loss"] = np.asarray(jnp.mean(0.5 * jnp.sum((preds - test.y) ** 2, -1), axis=-1))
+        test_metrics["accuracy"] = np.asarray(
+            jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1)
+        )
+        test_metrics["loss"] = np.asarray(
+            jnp.mean(0.5 * jnp.sum((preds - test.y) ** 2, -1), axis=-1)
+        )
     res = Result(
-        config=exp, metrics=metrics, rounds=rounds, eta=etas, diverged_at=diverged_at,
-        test=test_metrics, provenance=_provenance(exp, time.perf_counter() - t0, resumed),
+        config=exp,
+        metrics=metrics,
+        rounds=rounds,
+        eta=etas,
+        diverged_at=diverged_at,
+        test=test_metrics,
+        provenance=_provenance(exp, time.perf_counter() - t0, resumed),
     )
     if cache:
         _store(path, res)
@@ -429,15 +486,21 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
     state, parts, done = None, [], 0
     if exp.checkpoint_every:
         saved = _load_checkpoint(
-            ckpt, exp, etas, lambda: al.sweep(chunk, spec, params0, clients, keys, etas).state)
+            ckpt, exp, etas, lambda: al.sweep(chunk, spec, params0, clients, keys, etas).state
+        )
         if saved is not None:
             state, metrics, rounds, done = saved
             parts.append((metrics, rounds))
             print(f"resuming from round {done} of {exp.rounds} ({ckpt})", flush=True)
     from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 
-    bar = tqdm(total=total, initial=done // every, desc=f"chunks of {every} rounds", leave=False,
-               disable=not exp.checkpoint_every)
+    bar = tqdm(
+        total=total,
+        initial=done // every,
+        desc=f"chunks of {every} rounds",
+        leave=False,
+        disable=not exp.checkpoint_every,
+    )
     out = None
     try:
         for c in range(done // every, total):
@@ -585,8 +648,15 @@ def _load(path: Path, exp: Experiment) -> Result | None:
             raise ValueError(f"it holds key {meta['provenance']['key']}, not {exp.key()}")
         metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
         test = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("test/")}
-        return Result(exp, metrics, arrays["rounds"], arrays["eta"], arrays["diverged_at"], test,
-                      meta["provenance"])
+        return Result(
+            exp,
+            metrics,
+            arrays["rounds"],
+            arrays["eta"],
+            arrays["diverged_at"],
+            test,
+            meta["provenance"],
+        )
     except Exception as err:  # noqa: BLE001  (a corrupt or truncated entry is recomputed)
         warnings.warn(f"cache entry {path} is unreadable ({err}); recomputing", stacklevel=3)
         return None
@@ -597,9 +667,14 @@ def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) 
     arrays = {f"state/{i}": np.asarray(a) for i, a in enumerate(leaves)}
     arrays.update({f"metrics/{k}": v for k, v in metrics.items()})
     arrays.update(rounds=rounds, eta=etas)
-    meta = {"key": exp.key(), "round": int(rounds[-1]), "rounds": exp.rounds,
-            "treedef": str(treedef), "leaves": len(leaves),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    meta = {
+        "key": exp.key(),
+        "round": int(rounds[-1]),
+        "rounds": exp.rounds,
+        "treedef": str(treedef),
+        "leaves": len(leaves),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, _pack(meta, arrays))
 
@@ -616,8 +691,10 @@ def _load_checkpoint(path: Path, exp: Experiment, etas, template):
             raise ValueError(f"it holds key {meta['key']}, not {exp.key()}")
         done, every = int(meta["round"]), exp.checkpoint_every
         if not (0 < done < exp.rounds and done % every == 0):
-            raise ValueError(f"round {done} is not a multiple of checkpoint_every={every} below "
-                             f"rounds={exp.rounds}")
+            raise ValueError(
+                f"round {done} is not a multiple of checkpoint_every={every} below "
+                f"rounds={exp.rounds}"
+            )
         if not np.array_equal(arrays["eta"], etas):
             raise ValueError("its step sizes differ from this run's")
         shapes, treedef = jax.tree_util.tree_flatten(jax.eval_shape(template))
@@ -627,7 +704,8 @@ def _load_checkpoint(path: Path, exp: Experiment, etas, template):
         for a, t in zip(leaves, shapes, strict=True):
             if a.shape != t.shape or a.dtype != t.dtype:
                 raise ValueError(
-                    f"a state array is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}")
+                    f"a state array is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}"
+                )
         state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
         metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
         return state, metrics, arrays["rounds"], done

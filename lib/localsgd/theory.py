@@ -98,7 +98,8 @@ def ntk_step_size(spec, params, x, scale: float = 1.0):
 
 
 def min_eig_at_init(spec, params, x):
-    """``lambda_min`` of the NTK Gram at initialisation (``outputs="full"``), the rate's constant."""
+    """``lambda_min`` of the NTK Gram at initialisation (``outputs="full"``): the rate's
+    constant."""
     return dg.min_eigenvalue(dg.ntk_gram(spec, params, x, outputs="full"))
 
 
