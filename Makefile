@@ -39,6 +39,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	$(PY) -m localsgd.pipeline render --warnings-as-errors
+	@# the rendered HTML must load its math renderer locally: checked once the book exists
+	$(PY) -m pytest -q tests/test_offline.py
 
 run: $(STAMP)
 	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }
