@@ -527,6 +527,17 @@ def run(
     )
 
 
+def sweep_etas(config: RunConfig, S: int, etas=None) -> np.ndarray:
+    """The ``(S,)`` float32 step sizes of a sweep: ``config.eta`` for every run when ``etas`` is
+    None, else ``etas`` checked to be ``S`` positive finite numbers."""
+    if etas is None:
+        return np.full((S,), config.eta, np.float32)
+    etas = np.asarray(etas, np.float32)
+    if etas.shape != (S,) or not np.all(np.isfinite(etas) & (etas > 0)):
+        raise ValueError(f"etas must be {S} positive finite numbers, got {etas!r}")
+    return etas
+
+
 def sweep(
     config: RunConfig,
     spec,
@@ -546,12 +557,7 @@ def sweep(
     S = jnp.shape(keys)[0]
     first = jax.tree.map(lambda a: a[0], params0)
     check_inputs(config, spec, first, data)
-    if etas is None:
-        etas = jnp.full((S,), config.eta, jnp.float32)
-    else:
-        etas = np.asarray(etas, np.float32)
-        if etas.shape != (S,) or not np.all(np.isfinite(etas) & (etas > 0)):
-            raise ValueError(f"etas must be {S} positive finite numbers, got {etas!r}")
+    etas = sweep_etas(config, S, etas)
     data = ClientData(*(jnp.asarray(a) for a in data))
     return _sweep_jit(
         config._static(), spec, jnp.asarray(etas), params0, data, keys, start, loop=_client_loop()

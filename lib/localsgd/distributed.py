@@ -341,12 +341,7 @@ def sweep(config: al.RunConfig, spec, params0: dict, data: ClientData, keys, eta
     result, equal up to float32 rounding."""
     S = np.shape(keys)[0]
     _check(config, spec, jax.tree.map(lambda a: a[0], params0), data)
-    if etas is None:
-        etas = np.full((S,), config.eta, np.float32)
-    else:
-        etas = np.asarray(etas, np.float32)
-        if etas.shape != (S,) or not np.all(np.isfinite(etas) & (etas > 0)):
-            raise ValueError(f"etas must be {S} positive finite numbers, got {etas!r}")
+    etas = al.sweep_etas(config, S, etas)
     data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
     args = _inputs(mesh, True, etas, params0, data, keys, start)
     return _local(_compiled(mesh, True)(config._static(), spec, *args))
