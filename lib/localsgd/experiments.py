@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 from . import __version__, model, theory
 from . import algorithms as al
 from . import data as dt
+from .report import write_bytes_atomic
 
 DATASETS = ("sphere", "digits", "idx")
 ETA_RULES = ("fixed", "ntk")
@@ -623,20 +623,7 @@ def _store(path: Path, res: Result) -> None:
     arrays.update({f"test/{k}": v for k, v in res.test.items()})
     arrays.update(rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _pack({"provenance": res.provenance}, arrays))
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, _pack({"provenance": res.provenance}, arrays))
 
 
 def _load(path: Path, exp: Experiment) -> Result | None:
@@ -676,7 +663,7 @@ def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _pack(meta, arrays))
+    write_bytes_atomic(path, _pack(meta, arrays))
 
 
 def _load_checkpoint(path: Path, exp: Experiment, etas, template):

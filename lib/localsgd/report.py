@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Check", "VerdictRecord", "glue", "results_dir", "verdict", "write_json_atomic"]
+__all__ = [
+    "Check",
+    "VerdictRecord",
+    "glue",
+    "results_dir",
+    "verdict",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]
 
 _CHAPTER = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -52,22 +60,30 @@ def results_dir() -> Path:
     return Path(os.environ.get("LOCALSGD_RESULTS") or "results")
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and ``os.replace``, so that
-    a reader never sees a half-written file. Returns the path."""
+def write_bytes_atomic(path: str | os.PathLike[str], blob: bytes) -> Path:
+    """Write ``blob`` to ``path`` through a temporary file in the same folder, flushed to disk,
+    then ``os.replace``: a reader, or a process killed mid-write, never leaves a half-written
+    file. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` with :func:`write_bytes_atomic`. Returns the path."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _plain(value: Any) -> Any:
