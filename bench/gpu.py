@@ -68,6 +68,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(BENCH / "results-gpu.json"))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
+    ap.add_argument("--layouts", action="store_true",
+                    help="only R3 and R3-GPU, with the clients batched (vmap) and in turn (map)")
     args = ap.parse_args(argv)
     cases = {k: dict(v) for k, v in rb.CASES.items()}
     n_probe = 8192
@@ -79,8 +81,11 @@ def main(argv=None):
     print(f"device: {info['device']} ({info['jax_backend']}), jax {jax.__version__}", flush=True)
     out = {"machine": info, "reps": args.reps, "precisions": {}}
     t0 = time.perf_counter()
-    out["cpu_vs_device"] = cpu_vs_device(cases["R1"])
-    print("R1 on the device vs the host CPU:", out["cpu_vs_device"], flush=True)
+    if args.layouts:
+        cases = {k: cases[k] for k in ("R3", "R3-GPU")}
+    else:
+        out["cpu_vs_device"] = cpu_vs_device(cases["R1"])
+        print("R1 on the device vs the host CPU:", out["cpu_vs_device"], flush=True)
     for label, prec in PRECISIONS.items():
         with jax.default_matmul_precision(prec):
             probe = rb.MatmulProbe(n=n_probe, repeat=3)
@@ -89,15 +94,21 @@ def main(argv=None):
             rows = {}
             with tempfile.TemporaryDirectory() as tmp:
                 for name, case in cases.items():
-                    rows[name] = rb.bench_case(name, case, args.reps, probe, None, Path(tmp))
+                    rows[name] = rb.bench_case(
+                        name, case, args.reps, probe, None, Path(tmp),
+                        loops=("map", "vmap") if args.layouts else ())
                     r = rows[name]["results"]["library"]
                     print(f"  {name}: {r['steps_per_s']:.0f} steps/s, "
                           f"{100 * r['fraction_of_matmul']:.1f}% of the matmul rate, "
                           f"{r['vs_plain']:.2f}x plain", flush=True)
             out["precisions"][label] = {"matmul_tflops": peak / 1e3, "n": n_probe, "cases": rows}
-    with jax.default_matmul_precision("highest"):
-        out["sweeps"] = rb.bench_sweeps(args.reps)
-        out["compile"] = rb.bench_compile("R2")
+    if args.layouts:
+        out["sweeps"] = {}
+        out["compile"] = {"total_s": float("nan")}
+    else:
+        with jax.default_matmul_precision("highest"):
+            out["sweeps"] = rb.bench_sweeps(args.reps)
+            out["compile"] = rb.bench_compile("R2")
     out["seconds"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     for label, p in out["precisions"].items():
