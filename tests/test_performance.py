@@ -90,12 +90,12 @@ def _temp_bytes(cfg, clients, p0) -> int:
 
 def test_memory_does_not_grow_with_tau(clients, p0):
     """Metrics are recorded once per evaluation, and the local steps run in a loop: the compiled
-    program's memory is the same for 2 and 200 local steps (Local GD), and for Local SGD grows
+    program's memory is no larger for 200 local steps than for 2 (Local GD), and for Local SGD grows
     only by the round's minibatch scores, drawn at once for the round's tau steps (at most 32
     bytes a sample and step here; 4 are the scores, the rest the PRNG's workspace)."""
     mem = {tau: _temp_bytes(al.RunConfig("local_gd", rounds=4, tau=tau, eta=0.1), clients, p0)
            for tau in (2, 200)}
-    assert mem[2] == mem[200], mem
+    assert mem[200] <= mem[2], mem
     mem = {tau: _temp_bytes(al.RunConfig("local_sgd", rounds=4, tau=tau, eta=0.1, batch_size=2,
                                          metrics=("loss", "client_loss", "dist")), clients, p0)
            for tau in (2, 200)}
@@ -122,6 +122,33 @@ def test_client_layouts_agree(clients, p0, algorithm):
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], rtol=1e-5, atol=1e-7)
     for x, y in zip(a.params["trainable"], b.params["trainable"]):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("algorithm, tau", [("local_sgd", 1), ("local_sgd", 3), ("local_gd", 2)])
+def test_clients_taken_together_change_no_number(clients, p0, monkeypatch, algorithm, tau):
+    """In the "map" layout the clients step ``CLIENTS_TOGETHER`` at a time (3 clients: groups of
+    1, of 2 plus a remainder of 1, and of 3) and the average is summed as they finish: every
+    grouping gives the same numbers, with and without the local models kept for the round-end
+    metrics. The same up to float32 rounding, not bitwise: XLA may fuse a group's weighted sum
+    into multiply-adds, which round once where a multiply and an add round twice."""
+    data = dt.ClientData(*(jnp.asarray(a) for a in clients))
+    results = []
+    for metrics in (("loss",), ("loss", "drift", "gap")):
+        cfg = al.RunConfig(algorithm, rounds=2, tau=tau, eta=0.2, metrics=metrics,
+                           batch_size=2 if algorithm == "local_sgd" else None)
+        outs = []
+        for G in (1, 2, 3):
+            monkeypatch.setattr(al, "CLIENTS_TOGETHER", G)
+            fn = jax.jit(lambda eta, p, d, k, cfg=cfg: al._train(cfg._static(), SPEC, eta, p, d,
+                                                                 k, loop="map"))
+            outs.append(fn(jnp.float32(cfg.eta), p0, data, jax.random.key(4)))
+        for o in outs[1:]:
+            for k in outs[0].metrics:
+                np.testing.assert_allclose(o.metrics[k], outs[0].metrics[k], rtol=1e-6, atol=1e-7)
+            for a, b in zip(o.params["trainable"], outs[0].params["trainable"]):
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        results.append(outs[0])
+    np.testing.assert_array_equal(results[0].metrics["loss"], results[1].metrics["loss"])
 
 
 @pytest.mark.parametrize("activation, arch", [("relu", "deep"), ("softplus", "deep"),
