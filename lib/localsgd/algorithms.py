@@ -531,10 +531,11 @@ def _sweep_jit(static, spec, etas, params0, data, keys, start, loop="vmap"):
 
 
 # Clients that take their local steps together in the "map" layout. On two CPU cores, two clients'
-# independent steps in one loop body ran R2 1.35x faster than one client at a time (XLA:CPU runs
-# independent operations concurrently); more gained nothing (3: 1.32x, 4: 1.38x, 8: 1.42x, at a
-# program that grows with the number) and R1 and R3, bound by small operations and by
-# multi-threaded products, ran at the same speed with 1 or 2. Same numbers for any value.
+# independent steps in one loop body ran R2 1.30x faster than one client at a time (XLA:CPU runs
+# independent operations concurrently); R1 and R3 ran at the same speed (1.02x, 1.01x): R1 is
+# bound by the start-up cost of its small operations, R3's products already use both cores.
+# Four gave R2 1.36x but R1 0.91x and R3 0.96x, with a program that grows with the number.
+# Any value gives the same numbers to float32 rounding (tests/test_performance.py).
 CLIENTS_TOGETHER = 2
 
 # How ``run`` and ``sweep`` lay out the clients' local steps: None picks per backend (see
@@ -545,8 +546,10 @@ CLIENT_LOOP = None
 def _client_loop() -> str:
     """``"map"`` (one client after another, each taking its ``tau`` steps) on a CPU, ``"vmap"`` (all
     clients' step batched into one product a layer) on accelerators, whose throughput needs the
-    large batched products. On two CPU cores "map" ran R1 1.3x, R2 1.6x and R3 1.6x faster than
-    "vmap" (bench/run.py); the results are bitwise equal there. ``localsgd.distributed`` calls
+    large batched products. On two CPU cores "map" ran R1 1.36x, R2 1.24x and R3 1.35x faster than
+    "vmap" (``bench/run.py --compare-loops``); the results agree to float32 rounding. On an H200,
+    "vmap" ran R3 (m = 1024, K = 8) 1.2x (fp32) and 2.0x (tf32) and R3-GPU (m = 4096, K = 64)
+    11x (fp32) and 1.3x (tf32) faster than "map" (``bench/gpu.py --layouts``). ``localsgd.distributed`` calls
     ``_train`` with its default "vmap": the clients axis is what it shards."""
     if CLIENT_LOOP is not None:
         return CLIENT_LOOP
