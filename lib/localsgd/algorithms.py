@@ -549,8 +549,9 @@ def _client_loop() -> str:
     large batched products. On two CPU cores "map" ran R1 1.36x, R2 1.24x and R3 1.35x faster than
     "vmap" (``bench/run.py --compare-loops``); the results agree to float32 rounding. On an H200,
     "vmap" ran R3 (m = 1024, K = 8) 1.2x (fp32) and 2.0x (tf32) and R3-GPU (m = 4096, K = 64)
-    11x (fp32) and 1.3x (tf32) faster than "map" (``bench/gpu.py --layouts``). ``localsgd.distributed`` calls
-    ``_train`` with its default "vmap": the clients axis is what it shards."""
+    11x (fp32) and 1.3x (tf32) faster than "map" (``bench/gpu.py --layouts``).
+    ``localsgd.distributed`` calls ``_train`` with its default "vmap": the clients axis is what it
+    shards."""
     if CLIENT_LOOP is not None:
         return CLIENT_LOOP
     return "map" if jax.default_backend() == "cpu" else "vmap"
