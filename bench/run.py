@@ -12,7 +12,11 @@ Reference configurations (ALS19 deep ReLU net, ``d = 64``, ``d_out = 10``, ``L =
 Each is run with the library (``localsgd.algorithms.run``: one compiled program), with the plain
 baseline (``bench/baseline.py``: clients in a Python loop, one jitted step per call) and, where it
 can be imported, with FedJAX's FedAvg (``bench/fedjax/worker.py``, in its own virtual environment
-``bench/fedjax/.venv`` that ``--install-fedjax`` makes; skipped with a message otherwise).
+``bench/fedjax/.venv`` that ``--install-fedjax`` makes; skipped with a message otherwise). On a
+CPU the bench makes one JAX CPU device per core (``--cpu-devices``) and adds the row
+``shardedN``: the library's client-sharded path (``localsgd.distributed.run``) over ``N`` of
+them, the same algorithm with each device's clients on its own thread (its numbers equal the
+single-device run's to float32 rounding).
 
 Timing on a shared machine: the implementations' repetitions are interleaved (library, baseline,
 FedJAX, library, ...) together with a probe of the machine's matrix-product rate, and the table
@@ -34,7 +38,8 @@ Also measured: 8 seeds and 8 learning rates of R1 in one program (``algorithms.s
 resident memory of a process that runs R3. Results go to ``bench/results.json``.
 
 Options: ``--quick`` (fewer repetitions), ``--reps N``, ``--no-fedjax``, ``--fedjax-python PATH``,
-``--install-fedjax``, ``--gpu-extra``, ``--only R1,R2``, ``--out FILE``.
+``--install-fedjax``, ``--gpu-extra``, ``--only R1,R2``, ``--cpu-devices N``, ``--compare-loops``,
+``--skip-extras``, ``--out FILE``.
 """
 
 from __future__ import annotations
@@ -220,6 +225,20 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
                           batch_size=cfg.batch_size)
     plain.run(0)  # compile its step
     impls = {"library": lib, "plain": lambda: plain.run(0)}
+    if jax.default_backend() == "cpu" and jax.device_count() > 1:
+        # The library's sharded path (localsgd.distributed) over the host's CPU devices, one per
+        # core (--cpu-devices): each device runs its clients on its own thread.
+        from localsgd import distributed as ds
+        mesh = ds.client_mesh(num_clients=case["K"])
+        sharded_data = ds.shard_clients(data, mesh)
+
+        def sharded():
+            out = ds.run(cfg, spec, params0, sharded_data, key, mesh=mesh)
+            jax.block_until_ready(out)
+            return out
+
+        sharded()  # compile
+        impls[f"sharded{mesh.size}"] = sharded
     for loop in loops:  # the library with a forced client layout (see algorithms._client_loop)
         def forced(loop=loop):
             al.CLIENT_LOOP = loop
@@ -271,6 +290,10 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
     row.update(results=res, matmul_gflops=peaks, compile_and_first_run_s=t_first,
                final_loss=float(out_lib.metrics["loss"][-1]),
                initial_loss=float(out_lib.metrics["loss"][0]))
+    for k, fn in impls.items():
+        if k.startswith("sharded"):
+            row[f"{k}_max_loss_diff"] = float(np.max(np.abs(
+                np.asarray(fn().metrics["loss"]) - np.asarray(out_lib.metrics["loss"]))))
     if fed_err:
         row["fedjax_error"] = fed_err
     return row
@@ -440,6 +463,10 @@ def main(argv=None):
     ap.add_argument("--install-fedjax", action="store_true",
                     help=f"pip install {FEDJAX_PIN} into bench/fedjax/.venv first")
     ap.add_argument("--gpu-extra", action="store_true", help="also R3-GPU (m=4096, K=64)")
+    ap.add_argument("--cpu-devices", type=int, default=os.cpu_count() or 1,
+                    help="CPU devices JAX makes of the host (default: one per core); with more "
+                         "than one, the bench adds the library's client-sharded path "
+                         "(localsgd.distributed) as the row 'shardedN'")
     ap.add_argument("--compare-loops", action="store_true",
                     help="also time the library with each client layout forced (map, vmap)")
     ap.add_argument("--skip-extras", action="store_true",
@@ -455,6 +482,10 @@ def main(argv=None):
         except subprocess.CalledProcessError as e:
             print(f"FedJAX could not be installed ({e}); the bench goes on without it.")
 
+    if args.cpu_devices > 1:
+        # Before JAX starts its CPU backend; the library's single-device rows use device 0 and
+        # run as fast as in a one-device process (measured), the sharded row uses them all.
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     info = machine_info()
     on_gpu = jax.default_backend() == "gpu"
     names = ["R1", "R2", "R3"] + (["R3-GPU"] if (args.gpu_extra or on_gpu) else [])
