@@ -5,9 +5,10 @@ for 1, 2 and 4 devices.
 
 Each device count runs in its own Python (JAX fixes the device count at start-up). On a machine
 without several accelerators the devices are forced CPU devices
-(``--xla_force_host_platform_device_count``) that share the same cores, so the ratio shows only
-the sharded path's overhead (partitioning, the all-reduce per round), not a speed-up; on a host
-with several GPUs, run it with ``--devices`` up to their number and ``--no-force``.
+(``--xla_force_host_platform_device_count``) made of the same cores: each runs its clients on
+its own thread, so the ratio shows the sharded path's overhead (partitioning, the all-reduce per
+round) against what the extra threads gain; on a host with several GPUs, run it with
+``--devices`` up to their number and ``--no-force``.
 
 Workload: Local SGD with K = 8 clients (a multiple of every device count), ``tau`` local steps
 per round, the loss recorded every round. Throughput is client steps per second,
