@@ -534,7 +534,7 @@ def _sweep_jit(static, spec, etas, params0, data, keys, start, loop="vmap"):
 # independent steps in one loop body ran R2 1.30x faster than one client at a time (XLA:CPU runs
 # independent operations concurrently); R1 and R3 ran at the same speed (1.02x, 1.01x): R1 is
 # bound by the start-up cost of its small operations, R3's products already use both cores.
-# Four gave R2 1.36x but R1 0.91x and R3 0.96x, with a program that grows with the number.
+# Four gave R2 1.36x but R1 0.94x and R3 0.96x, with a program that grows with the number.
 # Any value gives the same numbers to float32 rounding (tests/test_performance.py).
 CLIENTS_TOGETHER = 2
 
