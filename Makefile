@@ -26,25 +26,25 @@ $(STAMP): requirements.txt pyproject.toml
 	@# The kernel `python3` that papermill asks for runs this venv's interpreter
 	@# (jupyter_client prefers the venv's kernelspec over a user's one in a venv).
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (localsgd)" >/dev/null
-	$(PY) -c "from localsgd.pipeline import kernel_interpreter as k; import os, sys; \
+	$(PY) -c "from localsgd_book.pipeline import kernel_interpreter as k; import os, sys; \
 	  assert os.path.abspath(k()) == os.path.abspath(sys.executable), (k(), sys.executable)"
 	@touch $@
 
 venv: $(STAMP)
 
 book: $(STAMP)
-	$(PY) -m localsgd.pipeline book --profile $(PROFILE) $(PARAMS)
+	$(PY) -m localsgd_book.pipeline book --profile $(PROFILE) $(PARAMS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
-	$(PY) -m localsgd.pipeline render --warnings-as-errors
+	$(PY) -m localsgd_book.pipeline render --warnings-as-errors
 	@# the rendered HTML must load its math renderer locally: checked once the book exists
 	$(PY) -m pytest -q tests/test_offline.py
 
 run: $(STAMP)
 	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }
-	$(PY) -m localsgd.pipeline run $(NB) --profile $(PROFILE) $(PARAMS)
+	$(PY) -m localsgd_book.pipeline run $(NB) --profile $(PROFILE) $(PARAMS)
 
 # FedJAX, the comparison, goes into its own venv (bench/fedjax/.venv) on the first run; where it
 # cannot be installed the bench says so and goes on without it.

@@ -14,7 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from localsgd import pipeline
+from localsgd import plotting
+from localsgd_book import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -30,13 +31,44 @@ def test_notebook_runs_under_ci_and_its_verdict_holds(notebook: Path, tmp_path, 
     pipeline.execute("ci", [notebook], root=ROOT)
 
     verdicts = sorted((results / "verdicts").glob("*.json"))
-    assert verdicts, f"{notebook.stem} wrote no verdict (call localsgd.report.verdict)"
+    assert verdicts, f"{notebook.stem} wrote no verdict (call localsgd_book.report.verdict)"
     for path in verdicts:
         record = json.loads(path.read_text())
         assert record["profile"] == "ci"
         failing = [c["name"] for c in record["checks"] if not c["holds"]]
         assert record["holds"] is True, (
             f"{notebook.stem}: verdict {path.stem} does not hold under ci; failing: {failing}"
+        )
+    _check_figures(notebook.stem, ROOT / "book" / "executed" / f"{notebook.stem}.ipynb", results)
+
+
+GLUED_PNG = "application/papermill.record/image/png"
+
+
+def _check_figures(stem: str, executed: Path, results: Path) -> None:
+    """Every figure of the chapter is glued (``localsgd_book.report.glue``), which measures it,
+    and its smallest text is legible at the book's column width."""
+    nb = nbformat.read(str(executed), as_version=4)
+    glued, inline = [], []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if GLUED_PNG in data:
+                glued.append(out["metadata"]["scrapbook"]["name"])
+            elif "image/png" in data:
+                inline.append(i)
+    assert not inline, (
+        f"{stem}: cells {inline} show figures directly; glue them with report.glue (which "
+        "measures their text) and close them"
+    )
+    for name in glued:
+        path = results / "figures" / stem / f"{name}.json"
+        assert path.exists(), f"{stem}: figure {name} was glued without being measured"
+        record = json.loads(path.read_text())
+        assert record["smallest_text_px"] >= plotting.MIN_TEXT_PX, (
+            f"{stem}: figure {name} shows {record['smallest_text']!r} at "
+            f"{record['smallest_text_px']:.1f} px on the page (at least {plotting.MIN_TEXT_PX} "
+            f"px needed); it is {record['width_in']:.1f} in wide"
         )
 
 

@@ -1,4 +1,4 @@
-"""The notebook pipeline (localsgd.pipeline) and the verdict helpers (localsgd.report).
+"""The notebook pipeline (localsgd_book.pipeline) and the verdict helpers (localsgd_book.report).
 
 Execution tests use tiny notebooks written into a temporary root, so they run in seconds and
 do not depend on the book's own notebooks.
@@ -16,8 +16,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from localsgd import pipeline, report
-from localsgd.report import Check
+from localsgd.claims import Check
+from localsgd_book import pipeline, report
 
 PARAMS_SOURCE = textwrap.dedent(
     """\
@@ -32,7 +32,8 @@ PARAMS_SOURCE = textwrap.dedent(
 BODY_SOURCE = textwrap.dedent(
     """\
     import json, os, sys
-    from localsgd.report import Check, glue, verdict
+    from localsgd.claims import Check
+    from localsgd_book.report import glue, verdict
     out = {
         "width": width, "eta": eta, "label": label, "flag": flag, "sizes": list(sizes),
         "eta_type": type(eta).__name__,

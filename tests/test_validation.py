@@ -18,7 +18,8 @@ import pytest
 from localsgd import algorithms as al
 from localsgd import data as dt
 from localsgd import experiments as ex
-from localsgd import model, pipeline
+from localsgd import model
+from localsgd_book import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n=16, d=6, m=8, L=1, num_clients=4, rounds=2)

@@ -1,9 +1,78 @@
 """Fits and summaries of recorded runs: linear-rate fits of log-loss, log-log slopes with their
-uncertainty, and iterations to reach a target loss. NumPy only, on the arrays a run returns."""
+uncertainty, iterations to reach a target loss, and the Markdown tables the chapters show.
+NumPy and SciPy only, on the arrays a run returns."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from scipy import stats
+
+
+class Fit(NamedTuple):
+    """A least-squares line ``y = intercept + slope x`` with its slope's standard error, the
+    ``level`` confidence interval of the slope (Student t, ``p - 2`` degrees of freedom), ``r2``
+    and the number of points ``p``."""
+
+    slope: float
+    intercept: float
+    stderr: float
+    low: float
+    high: float
+    r2: float
+    points: int
+
+
+def fit(x, y, *, log: str = "", level: float = 0.95) -> Fit:
+    """Fits a line to the finite points of ``x, y: (p,)`` with ``scipy.stats.linregress``.
+
+    ``log``: ``""`` (linear), ``"y"`` (``log y`` against ``x``: a rate) or ``"xy"`` (``log y``
+    against ``log x``: an exponent). Needs at least 3 finite points (an interval needs one
+    degree of freedom); raises ValueError otherwise.
+    """
+    if log not in ("", "y", "xy"):
+        raise ValueError(f"log must be '', 'y' or 'xy', got {log!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same number of points, got {x.size} and {y.size}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if log == "xy":
+            x = np.log(x)
+        if log:
+            y = np.log(y)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        raise ValueError(f"x, y must hold at least 3 finite points to fit a line, got {ok.sum()}")
+    r = stats.linregress(x[ok], y[ok])
+    half = stats.t.ppf(0.5 + level / 2, ok.sum() - 2) * r.stderr
+    return Fit(float(r.slope), float(r.intercept), float(r.stderr), float(r.slope - half),
+               float(r.slope + half), float(r.rvalue**2), int(ok.sum()))
+
+
+def markdown_table(header, rows, align: str | None = None) -> str:
+    """A Markdown pipe table: ``header`` is a sequence of column titles, ``rows`` a sequence of
+    sequences of cells (already formatted strings, or numbers shown with ``:.4g``). ``align``:
+    one character per column, ``l`` or ``r`` (default: left for the first column, right for the
+    rest)."""
+    header = [str(h) for h in header]
+    align = align or "l" + "r" * (len(header) - 1)
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be {len(header)} characters of 'l' or 'r', got {align!r}")
+
+    def cell(v):
+        return format(v, ".4g") if isinstance(v, float | np.floating) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    for row in rows:
+        row = [cell(v) for v in row]
+        if len(row) != len(header):
+            raise ValueError(f"rows must have {len(header)} cells each, got {len(row)}: {row}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def fit_line(x, y):
@@ -115,3 +184,14 @@ def time_to_eps(rounds, steps, latency, bandwidth, model_bytes, step_time):
         raise ValueError(f"bandwidth must be positive (bytes per second), got {bandwidth!r}")
     r, s = arrays["rounds"], arrays["steps"]
     return r * arrays["latency"] + r * arrays["model_bytes"] / bw + s * arrays["step_time"]
+
+
+def format_pm(value: float, err: float, sig: int = 2) -> str:
+    """``value ± err`` with ``err`` to ``sig`` significant figures and ``value`` to the same
+    decimal place: ``format_pm(1.1623, 0.0937) == "1.162 ± 0.094"``. A zero or non-finite
+    ``err`` shows ``value`` to four significant figures and the error as it is."""
+    value, err = float(value), float(err)
+    if not (np.isfinite(err) and err > 0):
+        return f"{value:.4g} ± {err:g}"
+    decimals = max(0, sig - 1 - int(np.floor(np.log10(err))))
+    return f"{value:.{decimals}f} ± {err:.{decimals}f}"

@@ -44,7 +44,7 @@ import numpy as np
 from . import __version__, model, theory
 from . import algorithms as al
 from . import data as dt
-from .report import write_bytes_atomic
+from .store import results_dir, write_bytes_atomic
 
 DATASETS = ("sphere", "digits", "idx")
 ETA_RULES = ("fixed", "ntk")
@@ -369,17 +369,13 @@ def init_params(exp: Experiment, spec: model.NetSpec):
 # -- running -----------------------------------------------------------------------------------
 
 
-def _results_dir() -> Path:
-    return Path(os.environ.get("LOCALSGD_RESULTS", "results"))
-
-
 def _cache_path(exp: Experiment) -> Path:
-    return _results_dir() / "cache" / f"{exp.key()}.npz"
+    return results_dir() / "cache" / f"{exp.key()}.npz"
 
 
 def checkpoint_path(exp: Experiment) -> Path:
     """Where :func:`run` keeps ``exp``'s checkpoint: ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``."""
-    return _results_dir() / "checkpoints" / f"{exp.key()}.npz"
+    return results_dir() / "checkpoints" / f"{exp.key()}.npz"
 
 
 def checkpoint_info(exp: Experiment) -> dict | None:

@@ -1,4 +1,11 @@
-"""The book's figure style, in one place."""
+"""The book's figure style, in one place: figures sized for the book's text column.
+
+The rendered book shows a figure at most :data:`COLUMN_PX` pixels wide (the text column of the
+book's theme on a desktop screen), so a figure wider than :data:`COLUMN_INCHES` is shrunk and its
+text with it. :func:`figure` therefore always makes figures of the column's width, with fonts of
+11 pt (legends 9.5 pt); panels beyond two go on further rows. :func:`smallest_text_px` says how
+large the smallest text of a figure will appear on the page; the book's tests require 9 px.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .analysis import band
+
+COLUMN_INCHES = 7.0  # figure width that fills the text column
+COLUMN_PX = 690  # the text column's width on the page, in CSS pixels
+MIN_TEXT_PX = 9.0  # the smallest text a figure may show on the page
 
 PALETTE = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8d6a9f", "#3d405b"]
 
@@ -23,16 +34,55 @@ def use_style() -> None:
         "axes.spines.right": False,
         "axes.prop_cycle": mpl.cycler(color=PALETTE),
         "legend.frameon": False,
-        "font.size": 10,
-        "axes.titlesize": 11,
+        "font.size": 11,
+        "axes.titlesize": 11.5,
+        "axes.labelsize": 11,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
+        "legend.fontsize": 9.5,
+        "legend.title_fontsize": 10,
         "lines.linewidth": 1.8,
     })
 
 
-def figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 3.8, **kw):
-    """A figure and its axes in the book's style."""
+def figure(ncols: int = 1, nrows: int = 1, width: float | None = None,
+           height: float | None = None, **kw):
+    """A figure of the column's width and its axes (``plt.subplots``), in the book's style.
+
+    ``width`` defaults to :data:`COLUMN_INCHES`; a wider request is scaled down to the column,
+    with its height, since the page would shrink it (and its text) anyway. ``height`` defaults
+    to 3.2 inches a row. Put three or more panels on two rows: three side by side leave each
+    panel about 2.2 inches wide. Extra keywords go to ``plt.subplots``.
+    """
     use_style()
+    height = 3.2 * nrows if height is None else float(height)
+    width = COLUMN_INCHES if width is None else float(width)
+    if width > COLUMN_INCHES:
+        height *= COLUMN_INCHES / width
+        width = COLUMN_INCHES
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
+
+
+def smallest_text_px(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
+    """How tall the smallest visible text of ``fig`` appears on the page, in CSS pixels, and
+    that text. The page shows the figure's PNG (rendered at ``fig.dpi``) at its own size, or
+    shrunk to ``column_px`` when wider; a font of ``s`` points is then
+    ``s / 72 * min(dpi, column_px / width_in)`` pixels tall. Returns ``(inf, "")`` for a figure
+    without text."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # tick labels get their text at draw time
+    px_per_pt = min(fig.dpi, column_px / fig.get_figwidth()) / 72.0
+    best, which = float("inf"), ""
+    for t in fig.findobj(Text):
+        if not t.get_visible() or not t.get_text().strip():
+            continue
+        if t.axes is not None and not t.axes.get_visible():
+            continue
+        size = t.get_fontsize() * px_per_pt
+        if size < best:
+            best, which = float(size), t.get_text()
+    return best, which
 
 
 def seed_band(ax, x, values, label=None, color=None, log: bool = False, **kw):

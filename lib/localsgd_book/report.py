@@ -5,7 +5,8 @@ Every notebook ends with :func:`verdict`, which takes checks whose ``holds`` the
 predicted against measured values and the overall verdict, glues it as ``verdict_<chapter>``
 for the prose, and writes ``$LOCALSGD_RESULTS/verdicts/<chapter>.json`` for the tests::
 
-    from localsgd.report import Check, verdict
+    from localsgd.claims import Check
+    from localsgd_book.report import verdict
     verdict("01_setting", "Forward norms stay close to 1 at initialisation.", [
         Check.between("max |‖h_l‖ - 1|", measured=dev, low=0.0, high=0.5),
         Check("λ_min(Gram) > 0", predicted="> 0", measured=lam, holds=lam > 0),
@@ -29,89 +30,28 @@ and paste a figure or the whole verdict box with the directive and its ``:doc:``
 
 from __future__ import annotations
 
-import contextlib
 import html
-import json
-import math
 import numbers
 import os
 import re
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "Check",
-    "VerdictRecord",
-    "glue",
-    "results_dir",
-    "verdict",
-    "write_bytes_atomic",
-    "write_json_atomic",
-]
+from localsgd.claims import Check, all_hold, plain
+from localsgd.store import results_dir, write_json_atomic
+
+__all__ = ["Check", "VerdictRecord", "glue", "verdict"]
+
+BASIS_LABEL = {
+    "theory": "theory",
+    "computed": "computed from the run",
+    "tolerance": "book's tolerance",
+}
 
 _CHAPTER = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-def results_dir() -> Path:
-    """Where runs write results: ``$LOCALSGD_RESULTS`` if set (the pipeline sets it to an
-    absolute path), else ``results/`` under the current directory."""
-    return Path(os.environ.get("LOCALSGD_RESULTS") or "results")
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], blob: bytes) -> Path:
-    """Write ``blob`` to ``path`` through a temporary file in the same folder, flushed to disk,
-    then ``os.replace``: a reader, or a process killed mid-write, never leaves a half-written
-    file. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` with :func:`write_bytes_atomic`. Returns the path."""
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def _plain(value: Any) -> Any:
-    """numpy / jax scalars -> Python scalars; non-finite floats -> strings (JSON has none)."""
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        value = value.item()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        return value if math.isfinite(value) else str(value)
-    return value
-
-
-def _as_bool(value: Any, what: str) -> bool:
-    """Accept Python and numpy/jax booleans (as comparisons of measurements give); refuse
-    anything else, so that a verdict cannot be fed a string or a number by mistake."""
-    if isinstance(value, bool):
-        return value
-    if hasattr(value, "dtype") and getattr(value, "shape", None) == () and value.dtype == bool:
-        return bool(value)
-    raise TypeError(f"{what} must be a boolean computed from the run, got {value!r}")
-
-
 def _fmt(value: Any, fmt: str | None = None) -> str:
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return str(value)
     if fmt:
@@ -121,60 +61,20 @@ def _fmt(value: Any, fmt: str | None = None) -> str:
     return f"{value:.4g}"
 
 
-@dataclass(frozen=True)
-class Check:
-    """One row of a verdict: what the theory predicts (as text), what the run measured, and
-    whether the measurement agrees. ``holds`` must be computed from the measurement."""
-
-    name: str
-    predicted: str
-    measured: float | int | str
-    holds: bool
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Check name={self.name!r} must be a non-empty string")
-        object.__setattr__(self, "holds", _as_bool(self.holds, f"Check {self.name!r}: holds"))
-        object.__setattr__(self, "measured", _plain(self.measured))
-        object.__setattr__(self, "predicted", str(self.predicted))
-
-    @classmethod
-    def at_most(cls, name: str, measured: float, bound: float, fmt: str = ".4g") -> Check:
-        """Holds when ``measured <= bound`` (and is not NaN)."""
-        m = float(_plain(measured)) if not isinstance(_plain(measured), str) else math.nan
-        return cls(name, f"≤ {format(bound, fmt)}", _plain(measured), bool(m <= bound))
-
-    @classmethod
-    def at_least(cls, name: str, measured: float, bound: float, fmt: str = ".4g") -> Check:
-        """Holds when ``measured >= bound`` (and is not NaN)."""
-        m = float(_plain(measured)) if not isinstance(_plain(measured), str) else math.nan
-        return cls(name, f"≥ {format(bound, fmt)}", _plain(measured), bool(m >= bound))
-
-    @classmethod
-    def between(
-        cls, name: str, measured: float, low: float, high: float, fmt: str = ".4g"
-    ) -> Check:
-        """Holds when ``low <= measured <= high`` (and is not NaN)."""
-        m = float(_plain(measured)) if not isinstance(_plain(measured), str) else math.nan
-        predicted = f"in [{format(low, fmt)}, {format(high, fmt)}]"
-        return cls(name, predicted, _plain(measured), bool(low <= m <= high))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "predicted": self.predicted,
-            "measured": self.measured,
-            "holds": self.holds,
-        }
+def _overall(holds: bool, checks: list[Check]) -> str:
+    if holds:
+        return "HOLDS"
+    return "DOES NOT HOLD (failing: " + ", ".join(c.name for c in checks if not c.holds) + ")"
 
 
 def _verdict_html(chapter: str, claim: str, checks: list[Check], holds: bool) -> str:
     colour = "#1b7f3b" if holds else "#b3261e"
-    td = "style='padding:0.15em 1.2em 0.15em 0;text-align:left'"
+    td = "style='padding:0.15em 1em 0.15em 0;text-align:left;vertical-align:top'"
     rows = "".join(
         "<tr>"
         f"<td {td}>{html.escape(c.name)}</td>"
         f"<td {td}>{html.escape(c.predicted)}</td>"
+        f"<td {td}><em>{html.escape(BASIS_LABEL[c.basis])}</em></td>"
         f"<td {td}>{html.escape(_fmt(c.measured))}</td>"
         f"<td style='text-align:center;font-weight:bold;"
         f"color:{'#1b7f3b' if c.holds else '#b3261e'}'>"
@@ -182,34 +82,31 @@ def _verdict_html(chapter: str, claim: str, checks: list[Check], holds: bool) ->
         "</tr>"
         for c in checks
     )
-    failing = [c.name for c in checks if not c.holds]
-    overall = (
-        "HOLDS"
-        if holds
-        else "DOES NOT HOLD (failing: " + ", ".join(html.escape(n) for n in failing) + ")"
-    )
     return (
         # mathjax_process: MathJax (as the book configures it) typesets \( ... \) in the claim
         f"<div class='localsgd-verdict mathjax_process' style='border:2px solid {colour};"
         "border-radius:6px;padding:0.6em 1em;margin:1em 0'>"
+        f"<p style='margin:0 0 0.4em 0;color:{colour};font-size:1.1em'>"
+        f"<strong>{html.escape(_overall(holds, checks))}</strong></p>"
         f"<p style='margin:0 0 0.4em 0'><strong>Verdict ({html.escape(chapter)})</strong>: "
         f"{html.escape(claim)}</p>"
+        "<div style='overflow-x:auto;max-width:100%'>"
         "<table style='border-collapse:collapse;margin:0.4em 0'>"
-        f"<thead><tr><th {td}>check</th><th {td}>predicted</th><th {td}>measured</th>"
-        "<th>agrees</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-        f"<p style='margin:0.4em 0 0 0;color:{colour}'><strong>{overall}</strong></p>"
+        f"<thead><tr><th {td}>check</th><th {td}>predicted</th><th {td}>from</th>"
+        f"<th {td}>measured</th><th>agrees</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div>"
         "</div>"
     )
 
 
 def _verdict_text(chapter: str, claim: str, checks: list[Check], holds: bool) -> str:
-    lines = [f"Verdict ({chapter}): {claim}"]
+    lines = [_overall(holds, checks), f"Verdict ({chapter}): {claim}"]
     for c in checks:
         mark = "✓" if c.holds else "✗"
-        lines.append(f"  {mark} {c.name}: predicted {c.predicted}, measured {_fmt(c.measured)}")
-    failing = [c.name for c in checks if not c.holds]
-    lines.append("HOLDS" if holds else "DOES NOT HOLD (failing: " + ", ".join(failing) + ")")
+        lines.append(
+            f"  {mark} {c.name}: predicted {c.predicted} ({BASIS_LABEL[c.basis]}), "
+            f"measured {_fmt(c.measured)}"
+        )
     return "\n".join(lines)
 
 
@@ -238,12 +135,10 @@ def verdict(chapter: str, claim: str, checks: list[Check]) -> dict[str, Any]:
     if not isinstance(claim, str) or not claim.strip():
         raise ValueError(f"claim={claim!r} must be a non-empty string")
     checks = list(checks)
-    if not checks:
-        raise ValueError("checks=[] is empty; a verdict needs at least one computed check")
     for c in checks:
         if not isinstance(c, Check):
             raise TypeError(f"checks must hold Check objects, got {c!r}")
-    holds = all(c.holds for c in checks)
+    holds = all_hold(checks)
     record = VerdictRecord(
         {
             "chapter": chapter,
@@ -324,13 +219,45 @@ def glue(name: str, value: Any, fmt: str | None = None) -> None:
     glued without ``fmt`` also take a format there: ``{glue:text}`name:.3f```) or, for a
     figure, ``{glue:figure} name``; see the module docstring for pasting from another page.
     A glued figure still shows inline unless the notebook closes it (``plt.close(fig)``).
+
+    A glued matplotlib figure is measured first: the size its smallest text would have on the
+    page, at the book's column width (:func:`localsgd.plotting.smallest_text_px`), is written to
+    ``$LOCALSGD_RESULTS/figures/<notebook>/<name>.json`` (``<notebook>`` from
+    ``$LOCALSGD_NOTEBOOK``, which the pipeline sets), where the tests check it.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"glue name={name!r} must be an identifier")
-    plain = _plain(value)
-    if isinstance(plain, numbers.Number) and not isinstance(plain, bool):
-        _myst_glue(name, _Text(_fmt(plain, fmt)) if fmt else plain)
-    elif isinstance(plain, str):
-        _myst_glue(name, _Text(plain))
+    value_plain = plain(value)
+    if isinstance(value_plain, numbers.Number) and not isinstance(value_plain, bool):
+        _myst_glue(name, _Text(_fmt(value_plain, fmt)) if fmt else value_plain)
+    elif isinstance(value_plain, str):
+        _myst_glue(name, _Text(value_plain))
     else:
+        if _is_figure(value):
+            _record_figure(name, value)
         _myst_glue(name, value)
+
+
+def _is_figure(value: Any) -> bool:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    return isinstance(value, Figure)
+
+
+def _record_figure(name: str, fig: Any) -> None:
+    from localsgd import plotting
+
+    px, text = plotting.smallest_text_px(fig)
+    notebook = os.environ.get("LOCALSGD_NOTEBOOK") or "unknown"
+    record = {
+        "figure": name,
+        "notebook": notebook,
+        "width_in": float(fig.get_figwidth()),
+        "height_in": float(fig.get_figheight()),
+        "column_px": plotting.COLUMN_PX,
+        "smallest_text_px": px,
+        "smallest_text": text,
+    }
+    write_json_atomic(results_dir() / "figures" / notebook / f"{name}.json", record)

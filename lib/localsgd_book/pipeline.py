@@ -2,10 +2,11 @@
 
 Command line (run from anywhere; paths resolve against the repository root)::
 
-    python -m localsgd.pipeline book    [--profile default] [--warnings-as-errors]
-    python -m localsgd.pipeline execute [--profile default] [NAME ...] [-p NAME VALUE ...]
-    python -m localsgd.pipeline run NB  [--profile default] [-p NAME VALUE ...] [-r NAME VALUE ...]
-    python -m localsgd.pipeline render  [--warnings-as-errors]
+    python -m localsgd_book.pipeline book    [--profile default] [--warnings-as-errors]
+    python -m localsgd_book.pipeline execute [--profile default] [NAME ...] [-p NAME VALUE ...]
+    python -m localsgd_book.pipeline run NB  [--profile default] [-p NAME VALUE ...]
+                                             [-r NAME VALUE ...]
+    python -m localsgd_book.pipeline render  [--warnings-as-errors]
 
 Profiles are YAML files ``notebooks/profiles/<profile>.yaml``: a mapping from notebook stem to a
 mapping of papermill parameters, plus an optional ``_all`` mapping whose entries go to every
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import write_json_atomic
+from localsgd.store import results_dir, write_json_atomic
 
 KERNEL_NAME = "python3"
 PARAMETERS_TAG = "parameters"
@@ -78,10 +79,7 @@ class Layout:
 
     @property
     def results(self) -> Path:
-        env = os.environ.get("LOCALSGD_RESULTS")
-        if env:
-            return Path(env).resolve()
-        return (self.root / "results").resolve()
+        return results_dir(self.root).resolve()
 
 
 def _layout(root: str | os.PathLike[str] | None) -> Layout:
@@ -473,6 +471,7 @@ def execute(
     env = {
         "LOCALSGD_RESULTS": str(results),
         "LOCALSGD_PROFILE": profile,
+        "LOCALSGD_NOTEBOOK": "",
         "JUPYTER_PREFER_ENV_PATH": "1",
         # JAX's persistent compilation cache: a rebuilt book skips recompiling unchanged programs.
         "JAX_COMPILATION_CACHE_DIR": os.environ.get(
@@ -483,6 +482,7 @@ def execute(
             output = out_dir / f"{path.stem}.ipynb"
             say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
             start = time.perf_counter()
+            os.environ["LOCALSGD_NOTEBOOK"] = path.stem  # restored by _environ on exit
             try:
                 papermill.execute_notebook(
                     str(path),
@@ -589,7 +589,7 @@ def render(
     if missing:
         raise ValueError(
             f"notebooks {missing} have no executed copy in {lay.executed}; run "
-            "`python -m localsgd.pipeline execute` (or `make book`) first"
+            "`python -m localsgd_book.pipeline execute` (or `make book`) first"
         )
     cmd = [
         *_jupyter_book_command(),
@@ -664,7 +664,7 @@ def _add_param_flags(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m localsgd.pipeline",
+        prog="python -m localsgd_book.pipeline",
         description="Execute the book's notebooks with papermill and render the book.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -705,7 +705,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m localsgd.pipeline``; returns the exit code."""
+    """Entry point of ``python -m localsgd_book.pipeline``; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         extra = parse_params(getattr(args, "param_tokens", None) or [])
