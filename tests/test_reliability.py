@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -260,3 +261,41 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, 
         assert got[k].dtype == v.dtype and got[k].tobytes() == v.tobytes(), k
     print(f"\nkilled with a checkpoint at round {at} of {exp.rounds}; resumed from round {at}; "
           f"metrics bitwise equal to the uninterrupted run")
+
+
+# -- what the cache key holds ------------------------------------------------------------------
+
+
+def _write_idx(path, arr, type_byte=0x08):
+    arr = np.asarray(arr)
+    header = bytes([0, 0, type_byte, arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def _idx_files(folder, seed):
+    rng = np.random.default_rng(seed)
+    images, labels = folder / "images.idx", folder / "labels.idx"
+    _write_idx(images, rng.integers(1, 256, (24, 4, 4), dtype=np.uint8))
+    _write_idx(labels, np.repeat(np.arange(3), 8).astype(np.uint8))
+    return images, labels
+
+
+IDX = dict(dataset="idx", n=0, m=16, L=1, num_clients=3, rounds=4, eval_every=2)
+
+
+def test_idx_cache_key_follows_contents(tmp_path, results):
+    images, labels = _idx_files(tmp_path, seed=0)
+    exp = ex.Experiment(**IDX, idx_images=str(images), idx_labels=str(labels))
+    key0, first = exp.key(), ex.run(exp)
+    # The same path, new pixels of the same size, and the old modification time put back.
+    stat = images.stat()
+    _idx_files(tmp_path, seed=1)
+    os.utime(images, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert images.stat().st_size == stat.st_size
+    assert exp.key() != key0, "the cache key ignores the file's contents"
+    again = ex.run(exp)
+    assert not np.array_equal(again.metrics["loss"], first.metrics["loss"]), "stale entry served"
+    assert same(again, ex.run(exp, cache=False))
+    _idx_files(tmp_path, seed=0)  # the original contents again: the original entry is served
+    assert exp.key() == key0
+    assert ex.run(exp).provenance["created"] == first.provenance["created"]

@@ -10,8 +10,11 @@ for the algorithms is a :class:`ClientData`: client ``k`` holds ``n_k`` samples,
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import math
+import os
 import struct
 from typing import NamedTuple
 
@@ -264,6 +267,25 @@ def read_idx(path) -> np.ndarray:
             f"bytes, body has {len(body)} bytes"
         )
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def file_digest(path) -> str:
+    """SHA-256 of the bytes of the file at ``path`` (hex). A user's data file enters a cache key by
+    its contents, so that a file rewritten at the same path never serves stale results. Computed
+    once per version of the file: the memo is keyed by the file's size, modification and status
+    change times and inode, and a rewrite changes the status change time, which no user call can
+    set back."""
+    st = os.stat(path)
+    return _digest(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path, size, mtime_ns, ctime_ns, ino) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def idx_dataset(images_path, labels_path, *, test_fraction=0.25, last_coordinate=True, seed=0):

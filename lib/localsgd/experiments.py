@@ -224,11 +224,15 @@ class Experiment:
 
     def key(self) -> str:
         """Cache key: a hash of every field that the results depend on (all but
-        ``checkpoint_every``), the library version and the source of the modules that compute
-        results, so that a changed library never serves a stale entry."""
+        ``checkpoint_every``), what else decides the numbers (:func:`_identity`: a user's data
+        files by their contents), the library version and the source of the modules that compute
+        results, so that a changed library or a rewritten data file never serves a stale
+        entry."""
         config = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
         blob = json.dumps(
-            {"config": config, "version": __version__, "source": _source_digest()}, sort_keys=True
+            {"config": config, "identity": _identity(self), "version": __version__,
+             "source": _source_digest()},
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -367,6 +371,15 @@ def init_params(exp: Experiment, spec: model.NetSpec):
 
 
 # -- running -----------------------------------------------------------------------------------
+
+
+def _identity(exp: Experiment) -> dict:
+    """What decides a run's numbers besides its fields: the contents of a user's IDX files
+    (SHA-256 of their bytes; the paths alone would serve stale results after a rewrite)."""
+    ident = {}
+    if exp.dataset == "idx":
+        ident["idx_contents"] = [dt.file_digest(exp.idx_images), dt.file_digest(exp.idx_labels)]
+    return ident
 
 
 def _cache_path(exp: Experiment) -> Path:
