@@ -299,3 +299,78 @@ def test_idx_cache_key_follows_contents(tmp_path, results):
     _idx_files(tmp_path, seed=0)  # the original contents again: the original entry is served
     assert exp.key() == key0
     assert ex.run(exp).provenance["created"] == first.provenance["created"]
+
+
+# -- when results cannot be written ------------------------------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a run gets as far as initialising its networks."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before the refusal")
+
+    monkeypatch.setattr(ex, "init_params", boom)
+
+
+def test_unwritable_results_folder_is_refused_before_work(tmp_path, monkeypatch, no_work):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(blocker))
+    for exp, cache in ((ex.Experiment(**TINY), True),
+                       (ex.Experiment(**TINY, checkpoint_every=2), False)):
+        with pytest.raises(OSError, match="LOCALSGD_RESULTS must name a folder") as err:
+            ex.run(exp, cache=cache)
+        assert isinstance(err.value, ValueError) and str(blocker) in str(err.value)
+    assert blocker.read_text() == "a file where the results folder should be"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not bind root")
+def test_read_only_results_folder_is_refused_before_work(results, no_work):
+    results.mkdir()
+    results.chmod(0o555)
+    try:
+        with pytest.raises(OSError, match="LOCALSGD_RESULTS"):
+            ex.run(ex.Experiment(**TINY))
+    finally:
+        results.chmod(0o755)
+
+
+def test_a_folder_at_the_cache_path_is_refused_before_work(results, no_work):
+    exp = ex.Experiment(**TINY, checkpoint_every=2)
+    for path, cache in ((results / "cache" / f"{exp.key()}.npz", True),
+                        (ex.checkpoint_path(exp), False)):
+        path.mkdir(parents=True)
+        with pytest.raises(OSError, match=f"LOCALSGD_RESULTS.*{path.name} is a folder"):
+            ex.run(exp, cache=cache)
+        path.rmdir()
+
+
+def test_a_run_that_writes_nothing_needs_no_writable_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "results"
+    blocker.write_text("")
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(blocker))
+    assert ex.run(ex.Experiment(**TINY), cache=False).metrics["loss"].shape == (1, 4)
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_failed_cache_write_returns_the_result_with_a_warning(results, monkeypatch):
+    exp = ex.Experiment(**TINY)
+    monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
+    with pytest.warns(UserWarning, match="not cached.*No space left"):
+        res = ex.run(exp)
+    monkeypatch.undo()
+    assert same(res, ex.run(exp, cache=False))
+
+
+@CPU
+def test_a_failed_checkpoint_write_lets_the_run_finish_with_a_warning(results, monkeypatch):
+    exp = ex.Experiment(**TINY, checkpoint_every=2)
+    monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
+    with pytest.warns(UserWarning, match="checkpoint at round 2 not saved.*No space left"):
+        res = ex.run(exp, cache=False)
+    assert same(res, ex.run(ex.Experiment(**TINY), cache=False))

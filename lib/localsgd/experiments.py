@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__, model, theory
+from . import __version__, model, store, theory
 from . import algorithms as al
 from . import data as dt
 from .store import results_dir, write_bytes_atomic
@@ -386,6 +386,15 @@ def _cache_path(exp: Experiment) -> Path:
     return results_dir() / "cache" / f"{exp.key()}.npz"
 
 
+def _check_writable(exp: Experiment, cache: bool) -> None:
+    """Before the work: the files this run will write (its cache entry, its checkpoints) can be
+    written; else :class:`localsgd.store.NotWritableError` naming ``LOCALSGD_RESULTS``."""
+    paths = ([_cache_path(exp)] if cache else []) + (
+        [checkpoint_path(exp)] if exp.checkpoint_every else []
+    )
+    store.check_writable(*paths)
+
+
 def checkpoint_path(exp: Experiment) -> Path:
     """Where :func:`run` keeps ``exp``'s checkpoint: ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``."""
     return results_dir() / "checkpoints" / f"{exp.key()}.npz"
@@ -428,6 +437,7 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     # What only the data decides (batch_size against the smallest client), before any work.
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
     al.check_inputs(cfg, spec, shapes, clients)
+    _check_writable(exp, cache)
     params0, keys = init_params(exp, spec)
     x_all = jnp.asarray(clients.x[clients.mask > 0])
     if exp.eta_rule == "ntk":
@@ -627,16 +637,24 @@ def _unpack(blob: bytes):
 
 
 def _store(path: Path, res: Result) -> None:
-    """Writes the result atomically (temporary file, then rename) with a checksum."""
+    """Writes the result atomically (temporary file, then rename) with a checksum. A write that
+    fails (disk full, the folder gone read-only since the run began) costs only the cache entry:
+    a warning says so and the result is still returned."""
     arrays = {f"metrics/{k}": v for k, v in res.metrics.items()}
     arrays.update({f"test/{k}": v for k, v in res.test.items()})
     arrays.update(rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, _pack({"provenance": res.provenance}, arrays))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, _pack({"provenance": res.provenance}, arrays))
+    except OSError as err:
+        warnings.warn(
+            f"the result was not cached: cannot write {path} ({err}); check LOCALSGD_RESULTS",
+            stacklevel=3,
+        )
 
 
 def _load(path: Path, exp: Experiment) -> Result | None:
-    if not path.exists():
+    if not path.is_file():  # missing, or a folder (which the run then refuses to overwrite)
         return None
     try:
         meta, arrays = _unpack(path.read_bytes())
@@ -671,8 +689,15 @@ def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) 
         "leaves": len(leaves),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, _pack(meta, arrays))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, _pack(meta, arrays))
+    except OSError as err:  # the run goes on; only a resume after a kill is lost
+        warnings.warn(
+            f"checkpoint at round {meta['round']} not saved: cannot write {path} ({err}); "
+            f"check LOCALSGD_RESULTS",
+            stacklevel=3,
+        )
 
 
 def _load_checkpoint(path: Path, exp: Experiment, etas, template):
