@@ -374,3 +374,63 @@ def test_a_failed_checkpoint_write_lets_the_run_finish_with_a_warning(results, m
     with pytest.warns(UserWarning, match="checkpoint at round 2 not saved.*No space left"):
         res = ex.run(exp, cache=False)
     assert same(res, ex.run(ex.Experiment(**TINY), cache=False))
+
+
+# -- cache identity ----------------------------------------------------------------------------
+
+
+def test_cache_key_holds_the_platform_and_the_sharded_path(monkeypatch):
+    exp = ex.Experiment(**TINY)
+    plain = exp.key()
+    monkeypatch.setenv("LOCALSGD_MESH", "none")
+    assert exp.key() == plain  # "none" is the single-device path, as unset
+    monkeypatch.setenv("LOCALSGD_MESH", "clients")
+    sharded = exp.key()
+    assert sharded != plain, "the sharded and the single-device path share a cache key"
+    monkeypatch.delenv("LOCALSGD_MESH")
+    other = "gpu" if jax.default_backend() != "gpu" else "cpu"
+    monkeypatch.setattr(ex.jax, "default_backend", lambda: other)
+    assert exp.key() not in (plain, sharded), "the platform is not in the cache key"
+
+
+def _rewrite_entry(path, change):
+    """Rewrites a cache entry whole, with a valid checksum, after ``change(arrays)``."""
+    meta, arrays = ex._unpack(path.read_bytes())
+    arrays = {k: np.array(arrays[k]) for k in arrays.files}
+    change(arrays)
+    path.write_bytes(ex._pack(meta, arrays))
+
+
+def _set(key, value):
+    return lambda a: a.__setitem__(key, value)
+
+
+WRONG_ARRAYS = {
+    "metric-missing": lambda a: a.pop("metrics/dist"),
+    "metric-nan": lambda a: a["metrics/loss"].__setitem__((0, 1), np.nan),
+    "metric-wrong-shape": lambda a: a.__setitem__("metrics/loss", a["metrics/loss"][:, :2]),
+    "metric-extra-axis": lambda a: a.__setitem__("metrics/loss", a["metrics/loss"][..., None]),
+    "metric-extra": _set("metrics/flips", np.zeros((1, 4), np.float32)),
+    "rounds-wrong": _set("rounds", np.arange(4)),
+    "eta-wrong-shape": _set("eta", np.ones(2, np.float32)),
+    "eta-nan": _set("eta", np.full(1, np.nan, np.float32)),
+    "diverged-at-float": _set("diverged_at", np.array([-1.0])),
+    "diverged-at-out-of-range": _set("diverged_at", np.array([99], np.int32)),
+    "test-metrics-where-there-is-no-test-split": _set("test/accuracy", np.ones(1)),
+    "rounds-missing": lambda a: a.pop("rounds"),
+}
+
+
+@pytest.mark.parametrize("change", list(WRONG_ARRAYS), ids=list(WRONG_ARRAYS))
+def test_an_entry_with_a_valid_checksum_but_wrong_arrays_is_recomputed(change, results):
+    exp = ex.Experiment(**TINY)
+    good = ex.run(exp)
+    path = results / "cache" / f"{exp.key()}.npz"
+    _rewrite_entry(path, WRONG_ARRAYS[change])
+    ex._unpack(path.read_bytes())  # the checksum holds
+    with pytest.warns(UserWarning, match="does not match its config.*recomputing"):
+        again = ex.run(exp)
+    assert same(good, again)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten whole and valid: served without a warning
+        assert same(good, ex.run(exp))

@@ -373,10 +373,20 @@ def init_params(exp: Experiment, spec: model.NetSpec):
 # -- running -----------------------------------------------------------------------------------
 
 
+def _mesh() -> str:
+    """The path a run takes: ``"none"`` (one device) or ``"clients:<devices>"`` (the clients
+    sharded over that many devices by ``LOCALSGD_MESH=clients``)."""
+    mesh = os.environ.get("LOCALSGD_MESH", "") or "none"
+    return f"clients:{jax.device_count()}" if mesh == "clients" else mesh
+
+
 def _identity(exp: Experiment) -> dict:
     """What decides a run's numbers besides its fields: the contents of a user's IDX files
-    (SHA-256 of their bytes; the paths alone would serve stale results after a rewrite)."""
-    ident = {}
+    (SHA-256 of their bytes; the paths alone would serve stale results after a rewrite), the
+    platform (``jax.default_backend()``) and the path (:func:`_mesh`): the sharded and the
+    single-device program agree only to float32 rounding, so neither may serve the other's
+    entry."""
+    ident = {"platform": jax.default_backend(), "mesh": _mesh()}
     if exp.dataset == "idx":
         ident["idx_contents"] = [dt.file_digest(exp.idx_images), dt.file_digest(exp.idx_labels)]
     return ident
@@ -596,6 +606,7 @@ def _provenance(exp, seconds, resumed_from=0):
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": jax.default_backend(),
+        "mesh": _mesh(),
         "device": str(jax.devices()[0].device_kind),
         "machine": platform.machine(),
         "os": platform.platform(),
@@ -662,7 +673,7 @@ def _load(path: Path, exp: Experiment) -> Result | None:
             raise ValueError(f"it holds key {meta['provenance']['key']}, not {exp.key()}")
         metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
         test = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("test/")}
-        return Result(
+        res = Result(
             exp,
             metrics,
             arrays["rounds"],
@@ -671,9 +682,49 @@ def _load(path: Path, exp: Experiment) -> Result | None:
             test,
             meta["provenance"],
         )
-    except Exception as err:  # noqa: BLE001  (a corrupt or truncated entry is recomputed)
-        warnings.warn(f"cache entry {path} is unreadable ({err}); recomputing", stacklevel=3)
+        _check_entry(res)
+        return res
+    except Exception as err:  # noqa: BLE001  (a corrupt, truncated or invalid entry is recomputed)
+        warnings.warn(
+            f"cache entry {path} is unreadable or does not match its config ({err}); recomputing",
+            stacklevel=3,
+        )
         return None
+
+
+# Metrics recorded as one value an evaluation, and as a vector (clients or layers) an evaluation.
+_SCALAR_METRICS = ("loss", "grad_norm", "pl_ratio", "dist_rel", "flips", "ever_flipped")
+_VECTOR_METRICS = ("client_loss", "dist", "forward_norms", "gap", "gap_rel", "local_flips", "drift")
+
+
+def _check_entry(res: Result) -> None:
+    """Raises ValueError where a cache entry's arrays cannot be the result of its config: the
+    recorded rounds, the ``(S,)`` step sizes and divergence rounds, every metric the config asks
+    for at ``(S, E, ...)``, finite where the run records finite values (ratios may be 0/0), and
+    the test metrics exactly where the data has a test split. The checksum guards against damage;
+    this guards against an entry written whole but wrong."""
+    exp, S = res.config, res.config.seeds
+    want_rounds = np.arange(0, exp.rounds + 1, exp.eval_every)
+    if not np.array_equal(res.rounds, want_rounds):
+        raise ValueError(f"its rounds {np.shape(res.rounds)} are not {want_rounds.shape}")
+    E = want_rounds.size
+    eta, div = np.asarray(res.eta), np.asarray(res.diverged_at)
+    if eta.shape != (S,) or not np.all(np.isfinite(eta) & (eta > 0)):
+        raise ValueError(f"its step sizes are not {S} positive finite numbers: {eta!r}")
+    if div.shape != (S,) or div.dtype.kind not in "iu" or np.any((div < -1) | (div > exp.rounds)):
+        raise ValueError(f"its divergence rounds are not {S} integers in [-1, {exp.rounds}]")
+    want = {k for name in exp.metrics for k in al.METRICS.get(name, (name,))}
+    if set(res.metrics) != want:
+        raise ValueError(f"it records {sorted(res.metrics)}, the config asks for {sorted(want)}")
+    for k, v in res.metrics.items():
+        ndim = 2 if k in _SCALAR_METRICS else 3 if k in _VECTOR_METRICS else v.ndim
+        if v.shape[:2] != (S, E) or v.ndim != ndim or v.dtype.kind != "f":
+            raise ValueError(f"its metric {k} is {v.dtype}{v.shape}, expected ({S}, {E}, ...)")
+        if k != "pl_ratio" and not k.endswith("_rel") and not np.all(np.isfinite(v)):
+            raise ValueError(f"its metric {k} has NaN or infinite values")
+    want_test = set() if exp.dataset == "sphere" else {"accuracy", "loss"}
+    if set(res.test) != want_test or any(np.shape(v) != (S,) for v in res.test.values()):
+        raise ValueError(f"its test metrics {sorted(res.test)} are not {sorted(want_test)}")
 
 
 def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) -> None:
