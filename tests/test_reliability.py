@@ -1,7 +1,10 @@
 """Reliability of experiments.run: divergence is reported by name, reruns are bitwise equal, the
-results cache refuses damaged entries (warning, then recomputing) and records provenance, and a
-run killed with SIGKILL resumes from its last checkpoint to exactly the numbers of an
-uninterrupted run.
+results cache refuses damaged entries and entries whose arrays do not fit their config (warning,
+then recomputing) and records provenance, its key follows a user's data files by content and
+holds the platform and the sharded path, a results folder that cannot be written is refused
+before the work (and a write that fails later costs only the cache entry), temporary files of
+dead writers are swept, and a run killed with SIGKILL resumes from its last checkpoint to exactly
+the numbers of an uninterrupted run.
 
 Every run is tiny and most share one compiled program; the kill test starts two interpreters.
 """
@@ -22,6 +25,7 @@ import numpy as np
 import pytest
 
 from localsgd import experiments as ex
+from localsgd import store
 
 TINY = dict(n=12, d=5, m=16, L=1, num_clients=3, rounds=6, eval_every=2, metrics=("loss", "dist"))
 CPU = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise claims are made on CPU")
@@ -203,6 +207,7 @@ CHILD = """
 import json, sys
 import numpy as np
 from localsgd import experiments as ex
+from localsgd import store
 res = ex.run(ex.Experiment(**json.loads(sys.argv[1])))
 np.savez(sys.argv[2], rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at,
          **{"metric_" + k: v for k, v in res.metrics.items()})
@@ -250,6 +255,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, 
     assert f"resuming from round {at} of {exp.rounds}" in done.stdout, done.stdout
     assert "finished" in done.stdout
     assert not ckpt.exists(), "the checkpoint outlived the completed run"
+    assert not list(killed.rglob(".*.tmp")), "a temporary file of the killed writer is left"
 
     monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path / "reference"))
     ref = ex.run(ex.Experiment(**LONG), cache=False)  # uninterrupted, no checkpoints, no cache
@@ -434,3 +440,53 @@ def test_an_entry_with_a_valid_checksum_but_wrong_arrays_is_recomputed(change, r
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rewritten whole and valid: served without a warning
         assert same(good, ex.run(exp))
+
+
+# -- temporary files of killed writers ---------------------------------------------------------
+
+
+def test_a_temporary_file_names_its_writer(tmp_path, monkeypatch):
+    seen = []
+
+    def replace(src, dst):
+        seen.append(os.path.basename(src))
+        raise OSError("stop before the rename")
+
+    monkeypatch.setattr(store.os, "replace", replace)
+    with pytest.raises(OSError):
+        store.write_bytes_atomic(tmp_path / "entry.npz", b"x")
+    assert seen and seen[0].startswith(f".entry.npz.{store._host()}-{os.getpid()}.")
+    assert seen[0].endswith(".tmp")
+    assert not list(tmp_path.iterdir()), "the temporary file outlived the failed write"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_of_dead_writers_are_swept(results):
+    exp = ex.Experiment(**TINY)
+    cache = results / "cache"
+    cache.mkdir(parents=True)
+    host, old = store._host(), time.time() - store.STALE_AFTER_S - 60
+    files = {
+        f".{exp.key()}.npz.{host}-{_dead_pid()}.abc123.tmp": ("now", False),  # dead writer
+        f".other.npz.{host}-{os.getppid()}.abc123.tmp": ("now", True),  # live writer
+        f".other.npz.{host}-{os.getppid()}.def456.tmp": ("old", False),  # live but too old
+        ".other.npz.elsewhere-1.abc123.tmp": ("now", True),  # another host's, can't ask
+        ".other.npz.elsewhere-1.def456.tmp": ("old", False),  # another host's, too old
+        ".other.npz.q1w2e3r4.tmp": ("old", False),  # an older name without a writer, too old
+        ".other.npz.t5y6u7i8.tmp": ("now", True),  # the same, recent
+        "other.npz": ("old", True),  # not a temporary file
+    }
+    for name, (age, _) in files.items():
+        (cache / name).write_bytes(b"partial")
+        if age == "old":
+            os.utime(cache / name, (old, old))
+    ex.run(exp)
+    left = {p.name for p in cache.iterdir()}
+    for name, (_, kept) in files.items():
+        assert (name in left) == kept, f"{name} {'removed' if kept else 'left behind'}"
+    assert f"{exp.key()}.npz" in left
