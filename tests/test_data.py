@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 
 import numpy as np
@@ -330,3 +331,93 @@ def test_idx_dataset_end_to_end(tmp_path):
     _write_idx(tmp_path / "lab_short", labels[:-1], 0x08)
     with pytest.raises(ValueError, match="labels_path"):
         dt.idx_dataset(tmp_path / "img.gz", tmp_path / "lab_short")
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge cases of the data: refused by name, never silently changed
+
+
+def _unit(n=6, d=4, seed=0):
+    return dt.normalise_rows(np.random.default_rng(seed).standard_normal((n, d)))
+
+
+def test_complex_x_is_refused_not_truncated():
+    x, y = _unit(), np.ones((6, 1))
+    for call in (lambda a: dt.check_samples(a, y), dt.check_unit_norm, dt.normalise_rows,
+                 lambda a: dt.to_clients(a, y, [np.arange(6)])):
+        with pytest.raises(ValueError, match=r"x must be real, got complex values"):
+            call(x + 1e-3j)
+    with pytest.raises(ValueError, match=r"y must be real"):
+        dt.check_samples(x, y + 0j)
+
+
+def test_targets_without_columns_are_refused():
+    with pytest.raises(ValueError, match=r"y must have shape \(n=6, d_out\) with d_out >= 1, "
+                                         r"got shape \(6, 0\)"):
+        dt.check_samples(_unit(), np.ones((6, 0)))
+
+
+def test_duplicate_inputs_with_conflicting_targets_are_refused():
+    x, y = _unit(), np.arange(6.0)[:, None]
+    x[4] = x[1]
+    with pytest.raises(ValueError, match=r"rows 1 and 4 are identical but their y differ "
+                                         r"\(1 such rows; separation delta = 0"):
+        dt.check_samples(x, y)
+    zero = np.zeros((2, 3), np.float32)
+    zero[1] = -0.0  # the same input, whatever the sign of its zeros
+    with pytest.raises(ValueError, match="identical"):
+        dt.check_samples(zero, np.array([[0.0], [1.0]]))
+    y[4] = y[1]  # repeated with the same target: harmless, accepted
+    got_x, got_y = dt.check_samples(x, y)
+    assert got_x.dtype == got_y.dtype == np.float32 and got_x.shape == (6, 4)
+    x[4, 0] += 1e-6  # near but not identical: accepted (delta > 0)
+    dt.check_samples(x, np.arange(6.0)[:, None])
+
+
+def test_huge_targets_are_refused_with_the_scale():
+    x = _unit()
+    dt.check_samples(x, np.full((6, 1), dt.MAX_ABS_TARGET))  # the bound itself is accepted
+    with pytest.raises(ValueError, match=r"y must have entries of magnitude at most 1e\+06.*"
+                                         r"max \|y\| = 1e\+20: scale the targets"):
+        dt.check_samples(x, np.full((6, 1), -1e20))
+
+
+def test_normalise_rows_refuses_nan_rows_and_the_advice_is_right():
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    x[3, 1] = np.nan
+    x[4, 0] = np.inf
+    with pytest.raises(ValueError, match=r"x must be finite to be normalised, got NaN or infinite "
+                                         r"entries in rows \[3, 4\]; drop or impute"):
+        dt.normalise_rows(x)
+    # A NaN row is not told to normalise (which cannot help) but to drop or impute first.
+    u = dt.normalise_rows(np.nan_to_num(x, posinf=1.0))
+    u[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"1 rows \(first: row 3\); drop or impute") as err:
+        dt.check_unit_norm(u)
+    assert "norm nan" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "labels, type_byte, match",
+    [
+        (np.array([0, 1, -1, 2], ">i1"), 0x09, r"labels in \[0, 999\].*from -1 to 2"),
+        (np.array([0, 1, 2, 1e9], ">i4"), 0x0C, r"labels in \[0, 999\].*to 1000000000"),
+        (np.array([0.0, 1.5, 2.0, 1.0], ">f4"), 0x0D, r"integer labels, got 1\.5"),
+        (np.array([0.0, 1.0, np.nan, 1.0], ">f8"), 0x0E, r"integer labels, got nan"),
+        (np.array([[0], [1], [2], [1]], ">u1"), 0x08, r"one label per image.*got \(4, 1\)"),
+    ],
+    ids=["negative", "huge", "fractional", "nan", "two-dimensional"],
+)
+def test_idx_labels_are_refused_naming_the_labels_file(tmp_path, labels, type_byte, match):
+    _write_idx(tmp_path / "img", np.arange(1, 65, dtype=np.uint8).reshape(4, 4, 4), 0x08)
+    _write_idx(tmp_path / "lab", labels, type_byte)
+    named = re.escape(f"labels_path '{tmp_path / 'lab'}' must hold ")
+    with pytest.raises(ValueError, match=named + match):
+        dt.idx_dataset(tmp_path / "img", tmp_path / "lab")
+
+
+def test_integer_valued_float_idx_labels_are_accepted(tmp_path):
+    _write_idx(tmp_path / "img", np.arange(1, 97, dtype=np.uint8).reshape(6, 4, 4), 0x08)
+    _write_idx(tmp_path / "lab", np.array([0, 1, 2, 0, 1, 2], ">f4"), 0x0D)
+    train, test = dt.idx_dataset(tmp_path / "img", tmp_path / "lab", test_fraction=0.5)
+    assert train.labels.dtype.kind == "i" and sorted(train.labels) == [0, 1, 2]

@@ -8,6 +8,7 @@ One table, one id per case; each case is a function of a temporary folder that m
 from __future__ import annotations
 
 import math
+import struct
 from pathlib import Path
 
 import jax
@@ -57,6 +58,32 @@ def batch_too_large_for_run(tmp):
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), spec))  # shapes suffice
     cfg = al.RunConfig("local_sgd", 2, 1, 0.1, batch_size=6)
     return al.run(cfg, spec, params, clients, jax.random.key(1))
+
+
+def duplicate_with_other_target(tmp):
+    x, y = unit_rows()
+    x[5], y[5] = x[2], -1.0
+    return ex.client_data(x, y)
+
+
+def write_idx(path, arr, type_byte):
+    arr = np.asarray(arr)
+    header = bytes([0, 0, type_byte, arr.ndim]) + struct.pack(f">{arr.ndim}i", *arr.shape)
+    path.write_bytes(header + arr.tobytes())
+    return str(path)
+
+
+def idx_run(labels, type_byte):
+    """A run on 16 images of 4x4 pixels with the given labels (an IDX file of that type)."""
+
+    def case(tmp):
+        images = write_idx(tmp / "images.idx", np.arange(1, 257, dtype=np.uint8).reshape(16, 4, 4),
+                           0x08)
+        labels_path = write_idx(tmp / "labels.idx", labels, type_byte)
+        return ex.run(ex.Experiment(**{**TINY, "n": 0, "num_clients": 2}, dataset="idx",
+                                    idx_images=images, idx_labels=labels_path))
+
+    return case
 
 
 def tiny_notebook_root(tmp):
@@ -180,6 +207,27 @@ CASES = [
                  "norm 2", ("unit-norm", "normalise_rows"), id="data-not-unit-norm"),
     pytest.param(lambda tmp: ex.client_data(unit_rows()[0], unit_rows()[1], num_clients=9),
                  "num_clients", "9", ("[1, n=8]",), id="user-data-more-clients-than-samples"),
+    pytest.param(lambda tmp: ex.client_data(unit_rows()[0] + 0.5j, unit_rows()[1]), "x",
+                 "complex", ("must be real", "np.real"), id="data-complex"),
+    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], np.ones((8, 0))), "y", "(8, 0)",
+                 ("d_out >= 1",), id="targets-no-columns"),
+    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], np.full((8, 1), 1e20)), "y",
+                 "1e+20", ("at most 1e+06", "scale the targets"), id="targets-huge"),
+    pytest.param(duplicate_with_other_target, "x", "rows 2 and 5",
+                 ("identical", "delta = 0", "remove or merge"),
+                 id="data-repeated-input-other-target"),
+    pytest.param(lambda tmp: dt.normalise_rows(with_bad(unit_rows()[0], np.nan)), "x", "rows [1]",
+                 ("finite", "drop or impute"), id="normalise-nan-row"),
+    pytest.param(lambda tmp: dt.check_unit_norm(with_bad(unit_rows()[0], np.nan)), "x", "row 1",
+                 ("finite", "drop or impute"), id="unit-norm-check-nan-row"),
+    pytest.param(idx_run(np.repeat(np.arange(-1, 3), 4).astype(">i1"), 0x09), "labels_path",
+                 "-1", ("[0, 999]",), id="idx-label-negative"),
+    pytest.param(idx_run(np.full(16, 10**9, ">i4"), 0x0C), "labels_path", "1000000000",
+                 ("[0, 999]",), id="idx-label-huge"),
+    pytest.param(idx_run(np.linspace(0, 3, 16).astype(">f4"), 0x0D), "labels_path", "0.2",
+                 ("integer labels",), id="idx-label-fractional"),
+    pytest.param(idx_run(np.zeros((16, 2), ">u1"), 0x08), "labels_path", "(16, 2)",
+                 ("shape (n,)",), id="idx-labels-two-dimensional"),
     pytest.param(papermill({"n": "many"}), "n", "'many'", ("expected int",),
                  id="papermill-parameter-wrong-type"),
     pytest.param(papermill({"label": 3}), "label", "3", ("expected str",),

@@ -54,10 +54,70 @@ class ClientData(NamedTuple):
         return np.asarray(self.mask).sum(axis=1).astype(int)
 
 
+# Targets larger than this are refused: the squared loss of targets near 1e19 overflows float32,
+# and every step-size rule here is sized for targets of order one.
+MAX_ABS_TARGET = 1e6
+# Labels index one-hot targets of ``n x (largest label + 1)`` floats.
+MAX_LABEL = 999
+
+
 def _check_finite(name: str, a: np.ndarray) -> None:
     if not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise ValueError(f"{name} must be finite, got {bad} NaN or infinite entries")
+
+
+def _real(name: str, a) -> np.ndarray:
+    """``a`` as a float32 array; complex values are refused rather than losing their imaginary
+    part."""
+    a = np.asarray(a)
+    if np.iscomplexobj(a):
+        raise ValueError(
+            f"{name} must be real, got complex values ({a.dtype}); pass np.real({name}), or its "
+            f"real and imaginary parts as separate columns"
+        )
+    return a.astype(np.float32)
+
+
+def check_samples(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """Samples ``x: (n, d)`` and targets ``y: (n, d_out)`` as float32 arrays, or a ValueError
+    naming ``x`` or ``y``: complex values, other shapes, ``d_out = 0``, NaN or infinite entries,
+    targets above ``MAX_ABS_TARGET`` in magnitude, and identical inputs with different targets
+    (separation ``delta = 0``, which the theory excludes and no network can fit)."""
+    x, y = _real("x", x), _real("y", y)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, d) with n >= 1, got shape {x.shape}")
+    if y.ndim != 2 or y.shape[0] != x.shape[0] or y.shape[1] < 1:
+        raise ValueError(
+            f"y must have shape (n={x.shape[0]}, d_out) with d_out >= 1, got shape {y.shape}"
+        )
+    _check_finite("x", x)
+    _check_finite("y", y)
+    big = float(np.max(np.abs(y)))
+    if big > MAX_ABS_TARGET:
+        raise ValueError(
+            f"y must have entries of magnitude at most {MAX_ABS_TARGET:g} (the step sizes assume "
+            f"targets of order one; the squared loss overflows float32 near 1e19), got "
+            f"max |y| = {big:.3g}: scale the targets, e.g. y / {big:.3g}"
+        )
+    _check_no_conflicts(x, y)
+    return x, y
+
+
+def _check_no_conflicts(x: np.ndarray, y: np.ndarray) -> None:
+    """Refuses identical rows of ``x`` whose rows of ``y`` differ."""
+    rows = np.ascontiguousarray(x + np.float32(0.0))  # -0.0 and 0.0 as one value
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    clash = np.flatnonzero(np.any(y != y[first[inverse.ravel()]], axis=1))
+    if clash.size:
+        i = int(clash[0])
+        j = int(first[inverse.ravel()[i]])
+        raise ValueError(
+            f"x must not repeat an input with different targets: rows {j} and {i} are identical "
+            f"but their y differ ({clash.size} such rows; separation delta = 0, which the theory "
+            f"excludes and no network can fit); remove or merge them"
+        )
 
 
 def _rng(seed) -> np.random.Generator:
@@ -87,7 +147,16 @@ def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
     With ``last_coordinate=True`` (ALS19's convention) the rows are scaled to norm ``1/sqrt(2)``
     and a coordinate ``1/sqrt(2)`` is appended: the result is ``(n, d + 1)`` with unit rows.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = _real("x", x).astype(np.float64) if np.iscomplexobj(x) else np.asarray(x, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, d), got shape {x.shape}")
+    finite = np.all(np.isfinite(x), axis=1)
+    if not np.all(finite):
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"x must be finite to be normalised, got NaN or infinite entries in rows "
+            f"{bad[:10].tolist()}; drop or impute those rows first"
+        )
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         zero = np.flatnonzero(norms[:, 0] == 0)
@@ -103,7 +172,16 @@ def normalise_rows(x, last_coordinate: bool = False) -> np.ndarray:
 
 def check_unit_norm(x, tol: float = 1e-4) -> None:
     """Refuses inputs whose rows are not unit-norm (the theory assumes ``||x_i|| = 1``)."""
-    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=-1)
+    x = _real("x", x)
+    finite = np.all(np.isfinite(x), axis=-1)
+    if not np.all(finite):  # normalise_rows cannot help here: say what can
+        bad = np.argwhere(~finite)
+        raise ValueError(
+            f"x must be finite, got NaN or infinite entries in {len(bad)} rows (first: row "
+            f"{tuple(int(j) for j in bad[0]) if bad.shape[1] > 1 else int(bad[0, 0])}); drop or "
+            f"impute those rows, then normalise with localsgd.data.normalise_rows"
+        )
+    norms = np.linalg.norm(x.astype(np.float64), axis=-1)
     off = np.abs(norms - 1.0)
     worst = float(np.max(off)) if norms.size else 0.0
     if not worst <= tol:  # also refuses NaN norms
@@ -288,10 +366,32 @@ def _digest(path, size, mtime_ns, ctime_ns, ino) -> str:
     return h.hexdigest()
 
 
+def _check_labels(labels: np.ndarray, path) -> np.ndarray:
+    """IDX labels as integers ``(n,)`` in ``[0, MAX_LABEL]``, or a ValueError naming the file."""
+    where = f"labels_path {str(path)!r}"
+    if labels.ndim != 1:
+        raise ValueError(f"{where} must hold one label per image, shape (n,), got {labels.shape}")
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not np.all(whole):
+            bad = labels[~whole]
+            raise ValueError(
+                f"{where} must hold integer labels, got {bad[0].item()!r} ({bad.size} such)"
+            )
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(
+            f"{where} must hold labels in [0, {MAX_LABEL}] (one-hot targets take n x (largest "
+            f"label + 1) floats), got labels from {labels.min().item()!r} to "
+            f"{labels.max().item()!r}"
+        )
+    return labels.astype(np.int64)
+
+
 def idx_dataset(images_path, labels_path, *, test_fraction=0.25, last_coordinate=True, seed=0):
     """MNIST-style image and label IDX files a user already has, prepared like :func:`digits`."""
     images = read_idx(images_path)
-    labels = read_idx(labels_path)
+    labels = _check_labels(read_idx(labels_path), labels_path)
+    _check_finite(f"images_path {str(images_path)!r}", images)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"labels_path must hold one label per image ({images.shape[0]} in images_path), "
@@ -380,16 +480,9 @@ def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
     """Gathers a :class:`ClientData` from samples ``x: (n, d)``, ``y: (n, d_out)`` and a partition.
 
     Raises ValueError where the partition does not cover every sample exactly once or the data is
-    not finite.
+    refused by :func:`check_samples`.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, d), got {x.shape}")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape (n={x.shape[0]}, d_out), got {y.shape}")
-    _check_finite("x", x)
-    _check_finite("y", y)
+    x, y = check_samples(x, y)
     flat = np.concatenate(parts) if parts else np.array([], int)
     if len(flat) != x.shape[0] or not np.array_equal(np.sort(flat), np.arange(x.shape[0])):
         n = x.shape[0]

@@ -340,17 +340,13 @@ def client_data(
     :func:`localsgd.algorithms.run` and :func:`localsgd.algorithms.sweep`.
 
     The theory assumes unit-norm inputs, so rows that are not unit-norm are refused (ValueError,
-    pointing to :func:`localsgd.data.normalise_rows`), as are NaN or infinite entries, shapes that
-    do not match and ``num_clients`` outside ``[1, n]``. ``labels: (n,)`` drive the ``shards`` and
+    pointing to :func:`localsgd.data.normalise_rows`), as is what
+    :func:`localsgd.data.check_samples` refuses (complex, NaN or infinite entries, shapes that do
+    not match, huge targets, repeated inputs with different targets) and ``num_clients`` outside
+    ``[1, n]``. ``labels: (n,)`` drive the ``shards`` and
     ``dirichlet`` partitions (default: the argmax of ``y``, or its sign when ``d_out == 1``).
     """
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (n, d) with n >= 1, got shape {x.shape}")
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape (n={x.shape[0]}, d_out), got shape {y.shape}")
-    dt._check_finite("x", x)
-    dt._check_finite("y", y)
+    x, y = dt.check_samples(x, y)
     dt.check_unit_norm(x)
     if labels is None:
         labels = np.argmax(y, axis=1) if y.shape[1] > 1 else (y[:, 0] > 0).astype(int)
