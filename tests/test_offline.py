@@ -128,3 +128,12 @@ def test_the_intro_shows_the_scoreboard_from_the_verdicts():
     body = article.group(0) if article else text
     prose = re.sub(r"<span class=\"math[^>]*>.*?</span>", "", body, flags=re.S)
     assert "\\delta" not in prose, "the intro shows raw TeX outside its math"
+
+
+@pytest.mark.parametrize("page", HTML_CASES)
+def test_built_pages_have_one_search_field(page: Path):
+    text = page.read_text(encoding="utf-8", errors="replace")
+    if "bd-sidebar-primary" not in text:
+        pytest.skip("a page without the book's layout (a redirect or a search page)")
+    fields = len(re.findall(r"class=\"[^\"]*\bsearch-button-field\b", text))
+    assert fields <= 1, f"{page.name} has {fields} search fields (a second strip above the page)"

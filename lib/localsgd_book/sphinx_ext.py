@@ -14,7 +14,7 @@ THEBE_MODULE = "sphinx_thebe"
 THEBE_CSS = "sphinx-thebe.css"
 
 
-def _drop_thebe(app: Any) -> None:
+def _drop_thebe(app: Any, config: Any = None) -> None:
     for event in ("env-before-read-docs", "doctree-resolved"):
         for listener in list(app.events.listeners.get(event, [])):
             if getattr(listener.handler, "__module__", "") == THEBE_MODULE:
@@ -26,5 +26,6 @@ def _drop_thebe(app: Any) -> None:
 
 def setup(app: Any) -> dict[str, Any]:
     """Register with Sphinx (after jupyter-book's own extensions have loaded)."""
-    app.connect("builder-inited", _drop_thebe)
+    # before the builder copies the registered stylesheets
+    app.connect("config-inited", _drop_thebe)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
