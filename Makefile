@@ -83,5 +83,5 @@ lint: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf book/_build book/executed results bench/results.json bench/scaling.json .pytest_cache .ruff_cache
+	rm -rf book/_build book/executed book/_generated results bench/results.json bench/scaling.json .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
