@@ -15,8 +15,10 @@ winning: ``_all``, then the notebook's own entry, then the command line.
 
 Every parameter is checked against the notebook's ``parameters``-tagged cell before anything
 runs: it must be a name that cell assigns, with a value of the type of the default there (an
-int is accepted, and converted, where the default is a float). A bad name, value or profile is
-a ``ValueError`` that names it, raised before any notebook runs and before anything is written.
+int is accepted, and converted, where the default is a float; a float must be finite). A bad
+name, value or profile is a ``ValueError`` that names it (and, for YAML that does not parse or
+uses a ``!!python`` tag, the flag or file and the line), raised before any notebook runs and
+before anything is written.
 
 Notebooks run with papermill on the kernel ``python3``, with the repository root as working
 directory, writing ``book/executed/<stem>.ipynb``. The kernel sees two environment variables:
