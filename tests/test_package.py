@@ -325,3 +325,26 @@ def test_public_functions_carry_type_hints(name: str) -> None:
     missing = [p for p, v in sig.parameters.items() if v.annotation is inspect.Parameter.empty]
     assert not missing, f"localsgd.{name}: parameters {missing} have no type hint"
     assert sig.return_annotation is not inspect.Signature.empty, f"localsgd.{name} -> ?"
+
+
+# --------------------------------------------------------------------------------------------
+# project files
+
+
+def test_licence_and_citation_agree_with_the_package_and_the_bibliography() -> None:
+    import re
+
+    import yaml
+
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert PROJECT["license"]["text"] == "MIT"
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert cff["version"] == PROJECT["version"]
+    bib = (ROOT / "book" / "references.bib").read_text()
+    entry = bib[bib.index("@inproceedings{deng2022local"):]
+    title = re.search(r"title\s*=\s*\{(.+?)\},\n", entry).group(1).replace("{", "").replace("}", "")
+    paper = cff["preferred-citation"]
+    assert paper["title"] == title
+    assert [a["family-names"] for a in paper["authors"]] == ["Deng", "Kamani", "Mahdavi"]
+    assert "2107.10868" in paper["url"]
