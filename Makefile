@@ -5,6 +5,9 @@
 # make bench  the performance benchmark (bench/run.py)
 # make lint   ruff
 # Every target first bootstraps .venv from requirements.txt and pyproject.toml.
+# ACCEL=cuda (e.g. `make book ACCEL=cuda PROFILE=paper`) adds the CUDA 12 build of the same
+# pinned jax (jax[cuda12]==<the jax pin in requirements.txt>) on a host with an NVIDIA GPU;
+# ACCEL=cpu, the default, keeps the CPU build.
 
 PYTHON_BOOT ?= python3.11
 VENV        := .venv
@@ -14,8 +17,19 @@ STAMP       := $(VENV)/.stamp
 PROFILE ?= default
 NB      ?=
 PARAMS  ?=
+ACCEL   ?= cpu
 
-.PHONY: all book test run bench lint clean venv
+JAX_PIN := $(shell sed -n 's/^jax==\([^ ]*\).*/\1/p' requirements.txt)
+ifeq ($(ACCEL),cuda)
+ACCEL_REQ := jax[cuda12]==$(JAX_PIN)
+else ifeq ($(ACCEL),cpu)
+ACCEL_REQ :=
+else
+$(error ACCEL=$(ACCEL) is not known; allowed: cpu (default), cuda)
+endif
+ACCEL_STAMP := $(VENV)/.stamp-$(ACCEL)
+
+.PHONY: all book test run bench lint clean venv accel-requirement
 
 all: book
 
@@ -30,31 +44,44 @@ $(STAMP): requirements.txt pyproject.toml
 	  assert os.path.abspath(k()) == os.path.abspath(sys.executable), (k(), sys.executable)"
 	@touch $@
 
-venv: $(STAMP)
+# the accelerator's build of jax, after the lock (which holds the CPU jaxlib)
+$(VENV)/.stamp-cuda: $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q "$(ACCEL_REQ)"
+	$(PY) -c "import jax; print('jax', jax.__version__, 'devices:', jax.devices())"
+	@touch $@
 
-book: $(STAMP)
+$(VENV)/.stamp-cpu: $(STAMP)
+	@touch $@
+
+# the requirement ACCEL adds (empty for cpu); a test resolves it with pip
+accel-requirement:
+	@echo '$(ACCEL_REQ)'
+
+venv: $(ACCEL_STAMP)
+
+book: $(ACCEL_STAMP)
 	$(PY) -m localsgd_book.pipeline book --profile $(PROFILE) $(PARAMS)
 
-test: $(STAMP)
+test: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	$(PY) -m localsgd_book.pipeline render --warnings-as-errors
 	@# the rendered HTML must load its math renderer locally: checked once the book exists
 	$(PY) -m pytest -q tests/test_offline.py
 
-run: $(STAMP)
+run: $(ACCEL_STAMP)
 	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }
 	$(PY) -m localsgd_book.pipeline run $(NB) --profile $(PROFILE) $(PARAMS)
 
 # FedJAX, the comparison, goes into its own venv (bench/fedjax/.venv) on the first run; where it
 # cannot be installed the bench says so and goes on without it.
-bench: $(STAMP)
+bench: $(ACCEL_STAMP)
 	$(PY) bench/run.py --install-fedjax
 	$(PY) bench/scaling.py
 
-lint: $(STAMP)
+lint: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf book/_build book/executed results bench/results.json bench/scaling.json .pytest_cache .ruff_cache
+	rm -rf book/_build book/executed book/_generated results bench/results.json bench/scaling.json .pytest_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -88,3 +88,52 @@ def test_the_library_fetches_nothing_from_the_network(module: Path):
         r"^\s*(?:import|from)\s+(?:urllib|requests|httpx|aiohttp|socket)\b|urlopen|fetch_openml",
         line)]
     assert not hits, f"{module.name} fetches over the network: {hits}"
+
+
+def _built(what: str) -> Path:
+    if not HTML.is_dir():
+        pytest.skip(f"no built book (book/_build/html) to check {what} in")
+    return HTML
+
+
+def test_the_book_ships_only_the_mathjax_its_pages_load():
+    mathjax = _built("MathJax") / "_static" / "mathjax"
+    if not mathjax.is_dir():
+        pytest.skip("no bundled MathJax")
+    loaded = {
+        (page.parent / s.split("?", 1)[0]).resolve()
+        for page in PAGES
+        for s in SCRIPT_SRC.findall(page.read_text(encoding="utf-8", errors="replace"))
+        if MATH.search(s) and not REMOTE.match(s)
+    }
+    combined = {p.resolve() for p in mathjax.glob("*.js")}
+    assert combined <= loaded, f"MathJax builds no page loads: {sorted(combined - loaded)}"
+    size = sum(p.stat().st_size for p in mathjax.rglob("*") if p.is_file())
+    assert size < 4 * 2**20, f"the bundled MathJax holds {size / 2**20:.1f} MiB (< 4 MiB needed)"
+
+
+@pytest.mark.parametrize("page", HTML_CASES)
+def test_built_pages_declare_no_thebe_loader(page: Path):
+    text = page.read_text(encoding="utf-8", errors="replace")
+    assert "THEBE_JS_URL" not in text and "sphinx-thebe" not in text, (
+        f"{page.name} still loads sphinx-thebe's scripts (a console error, and a network URL)")
+
+
+def test_the_intro_shows_the_scoreboard_from_the_verdicts():
+    intro = _built("the intro") / "book" / "intro.html"
+    text = intro.read_text(encoding="utf-8", errors="replace")
+    assert "The verdicts at a glance" in text
+    assert re.search(r"\d+ of \d+ verdicts hold", text), "the intro has no scoreboard"
+    article = re.search(r"<article\b.*?</article>", text, flags=re.S)
+    body = article.group(0) if article else text
+    prose = re.sub(r"<span class=\"math[^>]*>.*?</span>", "", body, flags=re.S)
+    assert "\\delta" not in prose, "the intro shows raw TeX outside its math"
+
+
+@pytest.mark.parametrize("page", HTML_CASES)
+def test_built_pages_have_one_search_field(page: Path):
+    text = page.read_text(encoding="utf-8", errors="replace")
+    if "bd-sidebar-primary" not in text:
+        pytest.skip("a page without the book's layout (a redirect or a search page)")
+    fields = len(re.findall(r"class=\"[^\"]*\bsearch-button-field\b", text))
+    assert fields <= 1, f"{page.name} has {fields} search fields (a second strip above the page)"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from localsgd.claims import Check
-from localsgd_book import pipeline, report
+from localsgd_book import pipeline, report, scoreboard, sitefiles, tidy
 
 PARAMS_SOURCE = textwrap.dedent(
     """\
@@ -252,6 +252,13 @@ def test_execute_runs_the_notebook_with_params_env_and_records(root: Path, capsy
     executed = nbformat.read(str(done.output), as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and "width = 5" in injected[0].source
+    # shown once: papermill's cell is removed from the page, its values join the parameters
+    # cell, whose code hides behind a toggle
+    assert "remove-cell" in injected[0].metadata["tags"]
+    (params,) = [c for c in executed.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "hide-input" in params.metadata["tags"]
+    assert params.source.startswith("width = 8") and "(profile ci):\nwidth = 5\neta = 2.0" in (
+        params.source)
     glued = [
         o
         for c in executed.cells
@@ -356,3 +363,171 @@ def test_render_refuses_a_toc_entry_without_its_notebook(root: Path) -> None:
 def test_render_refuses_a_notebook_not_executed_yet(root: Path) -> None:
     with pytest.raises(ValueError, match=r"tiny.*no executed copy"):
         pipeline.render(root=root)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters that cannot run: refused before anything runs, naming the parameter or the file
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_param_tol_nan_or_inf_is_refused_before_anything_runs(root: Path, value: str) -> None:
+    with pytest.raises(ValueError, match=r"parameter eta=.*finite"):
+        pipeline.run("tiny", "ci", f"-p eta {value}", root=root)
+    assert _nothing_written(root)
+    with pytest.raises(ValueError, match="eta"):
+        pipeline.run("tiny", "ci", {"eta": float(value)}, root=root)
+
+
+def test_param_400_digit_int_for_a_float_is_refused_naming_it(root: Path) -> None:
+    with pytest.raises(ValueError, match=r"parameter eta .*400 digits.*float"):
+        pipeline.run("tiny", "ci", "-p eta " + "9" * 400, root=root)
+    assert _nothing_written(root)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{eta: [1, 2}", "line 1"),
+        ("eta: 0.5\n  width: [", "line 2"),
+        ("!!python/object/apply:os.system ['echo hacked']", "python/object"),
+        ("eta: !!python/name:os.getcwd ''", "python/name"),
+    ],
+)
+def test_param_yaml_invalid_or_python_tagged_is_refused_naming_the_flag(
+    root: Path, text: str, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=r"PARAMS: -y") as info:
+        pipeline.run("tiny", "ci", ["-y", text], root=root)
+    assert problem in str(info.value)
+    assert _nothing_written(root)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("tiny:\n  eta: 0.25\n   width: 3\n", "line 3"),
+        ("tiny: !!python/object/apply:os.system ['echo hacked']\n", "line 1"),
+    ],
+)
+def test_param_profile_file_invalid_yaml_is_refused_naming_file_and_line(
+    root: Path, text: str, problem: str
+) -> None:
+    bad = root / "notebooks" / "profiles" / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError) as info:
+        pipeline.execute("bad", root=root)
+    assert str(bad) in str(info.value) and problem in str(info.value)
+    assert _nothing_written(root)
+
+
+def test_cli_reports_a_bad_parameter_without_a_traceback(root: Path, capsys) -> None:
+    code = pipeline.main(["run", "tiny", "--profile", "ci", "-p", "eta", "nan",
+                          "--root", str(root)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: parameter eta=nan") and "Traceback" not in err
+    code = pipeline.main(["run", "tiny", "--profile", "ci", "-y", "{a: [", "--root", str(root)])
+    assert code == 1 and "PARAMS: -y" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# order, tidying, scoreboard and the HTML folder
+
+
+def _toc(root: Path, *stems: str) -> None:
+    chapters = "".join(f"      - file: book/executed/{s}\n" for s in stems)
+    (root / "_toc.yml").write_text(
+        f"format: jb-book\nroot: book/intro\nparts:\n  - chapters:\n{chapters}"
+    )
+
+
+def test_notebooks_execute_in_toc_order(root: Path) -> None:
+    _notebook(root / "notebooks" / "aa_last.ipynb", "n = 1\n")
+    assert [p.stem for p in pipeline.list_notebooks(root)] == ["aa_last", "tiny", "zz_boom"]
+    _toc(root, "zz_boom", "tiny")
+    assert [p.stem for p in pipeline.list_notebooks(root)] == ["zz_boom", "tiny", "aa_last"]
+
+
+def test_colab_link_only_with_a_public_repository(tmp_path: Path) -> None:
+    assert tidy.colab_url("", "01_setting") is None
+    assert tidy.colab_url("https://example.org/a/b", "01_setting") is None
+    url = tidy.colab_url("https://github.com/owner/book/", "01_setting", "dev")
+    assert url == (
+        "https://colab.research.google.com/github/owner/book/blob/dev/notebooks/01_setting.ipynb"
+    )
+    path = _notebook(tmp_path / "01_setting.ipynb", "n = 1\n")
+    tidy.tidy_executed(path, "ci", "", "main")
+    cells = nbformat.read(str(path), as_version=4).cells
+    assert not any("Colab" in c.source for c in cells)
+    for _ in range(2):  # idempotent
+        tidy.tidy_executed(path, "ci", "https://github.com/owner/book", "main")
+    cells = nbformat.read(str(path), as_version=4).cells
+    links = [i for i, c in enumerate(cells) if "Open this chapter in Colab" in c.source]
+    assert links == [1] and "blob/main/notebooks/01_setting.ipynb" in cells[1].source
+    # the book's own config names no repository yet: no link
+    assert tidy.repository(Path(__file__).resolve().parents[1] / "_config.yml")[0] == ""
+
+
+def _record(directory: Path, chapter: str, holds: bool, claim: str, profile="ci") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"chapter": chapter, "claim": claim, "holds": holds, "checks": [],
+              "profile": profile}
+    (directory / f"{chapter}.json").write_text(json.dumps(record))
+
+
+def test_scoreboard_is_built_from_the_verdict_records(tmp_path: Path) -> None:
+    v = tmp_path / "verdicts"
+    _record(v, "02_b", False, r"The gap \( g \) is | small")
+    _record(v, "01_a", True, "Norms stay\nnear 1.", profile="default")
+    _record(v, "zz_extra", True, "not in the book")
+    (v / "broken.json").write_text("{not json")
+    text = scoreboard.scoreboard_markdown(["01_a", "02_b", "03_c"], scoreboard.load_verdicts(v))
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ")][2:]
+    assert rows[0] == (
+        "| {doc}`01_a </book/executed/01_a>` | Norms stay near 1. | **HOLDS** | `default` |")
+    assert rows[1] == (
+        "| {doc}`02_b </book/executed/02_b>` | The gap $g$ is \\| small | **DOES NOT HOLD** "
+        "| `ci` |")
+    assert rows[2] == "| {doc}`03_c </book/executed/03_c>` |  | not run yet |  |"
+    assert rows[3].startswith("| `zz_extra` | not in the book | **HOLDS**")
+    assert "2 of 3 verdicts hold; 1 chapters have not run yet." in text
+
+
+def test_render_writes_the_scoreboard_and_empties_the_html_folder_first(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _toc(root, "tiny", "zz_boom")
+    for stem in ("tiny", "zz_boom"):
+        _notebook(root / "book" / "executed" / f"{stem}.ipynb", "n = 1\n")
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    _record(results / "verdicts", "tiny", True, "width is positive")
+    stale = root / "book" / "_build" / "html" / "_images" / "old.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"png")
+    seen = {}
+
+    def fake_build():
+        seen["stale_during_build"] = stale.exists()
+        seen["board"] = (root / "book" / "_generated" / "scoreboard.md").read_text()
+        return [sys.executable, "-c", "pass"]
+
+    monkeypatch.setattr(pipeline, "_jupyter_book_command", fake_build)
+    pipeline.render(root=root)
+    assert not stale.exists()
+    assert "| {doc}`tiny </book/executed/tiny>` | width is positive | **HOLDS** | `ci` |" in (
+        seen["board"])
+    assert "zz_boom" in seen["board"] and "not run yet" in seen["board"]
+
+
+def test_prune_mathjax_keeps_what_the_pages_load(tmp_path: Path) -> None:
+    mj = tmp_path / "_static" / "mathjax"
+    keep = ["tex-chtml.js", "input/tex/extensions/ams.js", "output/chtml/fonts/woff-v2/a.woff",
+            "ui/menu.js"]
+    drop = ["tex-svg-full.js", "sre/mathmaps/en.json", "output/svg/fonts/tex.js", "es5/x.js"]
+    for rel in keep + drop:
+        (mj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mj / rel).write_bytes(b"x" * 10)
+    assert sitefiles.prune_mathjax(tmp_path) == 10 * len(drop)
+    assert sorted(p.relative_to(mj).as_posix() for p in mj.rglob("*") if p.is_file()) == sorted(
+        keep)
+    assert not (mj / "sre").exists()
+    assert sitefiles.prune_mathjax(tmp_path / "nothing") == 0

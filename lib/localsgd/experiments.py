@@ -35,11 +35,14 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import __version__, model, store, theory
 from . import algorithms as al
@@ -218,7 +221,7 @@ class Experiment:
             self.metrics,
         )
 
-    def replace(self, **changes) -> Experiment:
+    def replace(self, **changes: Any) -> Experiment:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -267,12 +270,12 @@ class Result:
     """
 
     config: Experiment
-    metrics: dict
+    metrics: dict[str, np.ndarray]
     rounds: np.ndarray
     eta: np.ndarray
     diverged_at: np.ndarray
-    test: dict
-    provenance: dict
+    test: dict[str, np.ndarray]
+    provenance: dict[str, Any]
 
     @property
     def iterations(self) -> np.ndarray:
@@ -296,7 +299,7 @@ class Result:
 # -- data --------------------------------------------------------------------------------------
 
 
-def load_data(exp: Experiment):
+def load_data(exp: Experiment) -> tuple[dt.ClientData, dt.Dataset | None, np.ndarray]:
     """``(clients, test, labels)``: the training data split over clients, the test
     :class:`localsgd.data.Dataset` (or None) and the training labels."""
     test = None
@@ -327,12 +330,12 @@ def load_data(exp: Experiment):
 
 
 def client_data(
-    x,
-    y,
+    x: ArrayLike,
+    y: ArrayLike,
     num_clients: int = 1,
     partition: str = "iid",
     *,
-    labels=None,
+    labels: ArrayLike | None = None,
     alpha: float = 1.0,
     seed: int = 0,
 ) -> dt.ClientData:
@@ -357,7 +360,7 @@ def client_data(
     return dt.to_clients(x, y, parts)
 
 
-def init_params(exp: Experiment, spec: model.NetSpec):
+def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
     """``seeds`` initialisations stacked on a leading axis, and their PRNG keys for training."""
     keys = jnp.stack([jax.random.key_data(jax.random.key(exp.seed + s)) for s in range(exp.seeds)])
     keys = jax.vmap(jax.random.wrap_key_data)(keys)
@@ -575,7 +578,7 @@ def _stop_at_divergence(metrics, rounds, diverged_at):
     return metrics, diverged_at
 
 
-def run_grid(exps, desc: str = "runs", cache: bool = True) -> list[Result]:
+def run_grid(exps: Iterable[Experiment], desc: str = "runs", cache: bool = True) -> list[Result]:
     """Runs several experiments with a progress bar; all configs are validated first."""
     from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 

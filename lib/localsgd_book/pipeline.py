@@ -15,13 +15,21 @@ winning: ``_all``, then the notebook's own entry, then the command line.
 
 Every parameter is checked against the notebook's ``parameters``-tagged cell before anything
 runs: it must be a name that cell assigns, with a value of the type of the default there (an
-int is accepted, and converted, where the default is a float). A bad name, value or profile is
-a ``ValueError`` that names it, raised before any notebook runs and before anything is written.
+int is accepted, and converted, where the default is a float; a float must be finite). A bad
+name, value or profile is a ``ValueError`` that names it (and, for YAML that does not parse or
+uses a ``!!python`` tag, the flag or file and the line), raised before any notebook runs and
+before anything is written.
 
 Notebooks run with papermill on the kernel ``python3``, with the repository root as working
 directory, writing ``book/executed/<stem>.ipynb``. The kernel sees two environment variables:
 ``LOCALSGD_RESULTS`` (an absolute path, ``<root>/results`` unless already set) and
 ``LOCALSGD_PROFILE``. Run times go to ``$LOCALSGD_RESULTS/timings/<profile>.json``.
+Notebooks run in the order of ``_toc.yml`` (any not listed there follow, by name). Each executed
+notebook is then tidied for reading (:mod:`localsgd_book.tidy`: the parameters shown once).
+
+Rendering empties ``book/_build/html`` first, writes the intro's scoreboard from the verdict
+records (:mod:`localsgd_book.scoreboard`), runs jupyter-book, and keeps of the bundled MathJax
+only what the pages load (:mod:`localsgd_book.sitefiles`).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import ast
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -44,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from localsgd.store import results_dir, write_json_atomic
+
+from . import scoreboard, sitefiles, tidy
 
 KERNEL_NAME = "python3"
 PARAMETERS_TAG = "parameters"
@@ -81,6 +92,14 @@ class Layout:
     def results(self) -> Path:
         return results_dir(self.root).resolve()
 
+    @property
+    def html(self) -> Path:
+        return self.root / "book" / "_build" / "html"
+
+    @property
+    def scoreboard(self) -> Path:
+        return self.root / "book" / "_generated" / "scoreboard.md"
+
 
 def _layout(root: str | os.PathLike[str] | None) -> Layout:
     return Layout(Path(root).resolve() if root is not None else default_root())
@@ -114,10 +133,9 @@ def load_profile(profile: str, root: str | os.PathLike[str] | None = None) -> di
     allowed = available_profiles(lay.root)
     if not isinstance(profile, str) or profile not in allowed:
         raise ValueError(f"profile={profile!r} is not a known profile; allowed: {allowed}")
-    import yaml
 
     path = lay.profiles / f"{profile}.yaml"
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _safe_yaml(path.read_text(), f"profile={profile!r}: {path}") or {}
     if not isinstance(data, dict):
         raise ValueError(
             f"profile={profile!r}: {path} must hold a mapping, not {type(data).__name__}"
@@ -135,9 +153,26 @@ def load_profile(profile: str, root: str | os.PathLike[str] | None = None) -> di
 
 
 def list_notebooks(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Every ``notebooks/*.ipynb``, sorted by name."""
+    """Every ``notebooks/*.ipynb``: those ``_toc.yml`` lists, in its order, then the rest by
+    name."""
     lay = _layout(root)
-    return sorted(lay.notebooks.glob("*.ipynb"))
+    found = {p.stem: p for p in sorted(lay.notebooks.glob("*.ipynb"))}
+    ordered = [found.pop(s) for s in _toc_executed_stems(lay) if s in found]
+    return ordered + list(found.values())
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``; malformed YAML, or a tag such as ``!!python/object``, is a
+    ValueError naming ``where`` and the line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}{line}: not valid YAML for a parameter: {problem}") from None
 
 
 def resolve_notebook(
@@ -226,8 +261,19 @@ def coerce_parameter(name: str, value: Any, default: Any, notebook: str = "") ->
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(
+                    f"parameter {name}{where}: the integer {str(value)[:12]}... "
+                    f"({len(str(abs(value)))} digits) does not fit a float"
+                ) from None
         ok = isinstance(value, float)
+        if ok and not math.isfinite(value):
+            raise ValueError(
+                f"parameter {name}={value!r}{where} must be a finite number; nan and inf are "
+                f"not allowed (the default there is {default!r})"
+            )
     elif isinstance(default, tuple | list):
         if isinstance(value, tuple | list):
             return expected(value)
@@ -298,12 +344,7 @@ def resolve_value(text: str) -> Any:
     except ValueError:
         pass
     if text[:1] in ("[", "{"):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"value {text!r} is not valid YAML: {exc}") from exc
+        return _safe_yaml(text, f"value {text!r}")
     return text
 
 
@@ -332,9 +373,7 @@ def parse_params(tokens: str | Sequence[str] | None) -> dict[str, Any]:
         elif flag in ("-y", "--parameters_yaml"):
             if i + 1 >= len(items):
                 raise ValueError(f"PARAMS: {flag} needs a YAML mapping")
-            import yaml
-
-            data = yaml.safe_load(items[i + 1])
+            data = _safe_yaml(items[i + 1], f"PARAMS: {flag} {items[i + 1]!r}")
             if not isinstance(data, dict):
                 raise ValueError(f"PARAMS: {flag} {items[i + 1]!r} is not a YAML mapping")
             out.update(data)
@@ -431,7 +470,7 @@ def execute(
 ) -> list[Executed]:
     """Execute notebooks with papermill under a profile.
 
-    ``names`` (stems or paths) default to every ``notebooks/*.ipynb``, sorted. Parameters are
+    ``names`` (stems or paths) default to every notebook (:func:`list_notebooks`). Parameters are
     the profile's ``_all`` + the notebook's entry + ``extra_params``, all validated (see
     :func:`resolve_parameters`) for every selected notebook before the first one runs.
     Outputs go to ``output_dir`` (default ``book/executed``) as ``<stem>.ipynb``.
@@ -463,9 +502,6 @@ def execute(
         say(f"no notebooks to execute under {lay.notebooks}")
         return []
 
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     out_dir.mkdir(parents=True, exist_ok=True)
     done: list[Executed] = []
     env = {
@@ -477,42 +513,54 @@ def execute(
         "JAX_COMPILATION_CACHE_DIR": os.environ.get(
             "JAX_COMPILATION_CACHE_DIR", str(Path(results).resolve() / "jax-cache")),
     }
+    repo_url, branch = tidy.repository(lay.root / "_config.yml")
     with _environ(**env):
         for i, (path, params) in enumerate(plan, start=1):
-            output = out_dir / f"{path.stem}.ipynb"
             say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
-            start = time.perf_counter()
             os.environ["LOCALSGD_NOTEBOOK"] = path.stem  # restored by _environ on exit
-            try:
-                papermill.execute_notebook(
-                    str(path),
-                    str(output),
-                    parameters=params,
-                    kernel_name=KERNEL_NAME,
-                    cwd=str(lay.root),
-                    progress_bar=False,
-                    execution_timeout=timeout,
-                    # keep the kernel process's own start-up chatter off the progress lines
-                    extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                )
-            except PapermillExecutionError as exc:
-                seconds = time.perf_counter() - start
-                say(f"FAILED ({seconds:.1f} s)")
-                message = (
-                    f"notebook {path.stem} failed in cell {exc.cell_index} "
-                    f"(In [{exc.exec_count}]): {exc.ename}: {exc.evalue}\n"
-                    f"the executed notebook with the traceback is {output}"
-                )
-                raise NotebookFailed(path.stem, message) from exc
-            except BaseException:
-                say("FAILED")
-                raise
-            seconds = time.perf_counter() - start
-            say(f"ok ({seconds:.1f} s)")
-            item = Executed(path.stem, output, seconds, params)
+            item = _execute_one(path, params, out_dir, lay.root, timeout, say)
+            tidy.tidy_executed(item.output, profile, repo_url, branch)
             _record_timing(results, profile, item)
             done.append(item)
     return done
+
+
+def _execute_one(
+    path: Path, params: dict[str, Any], out_dir: Path, root: Path, timeout: float | None, say: Any
+) -> Executed:
+    """Run one notebook with papermill into ``out_dir/<stem>.ipynb``; NotebookFailed names the
+    cell that raised."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output = out_dir / f"{path.stem}.ipynb"
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(path),
+            str(output),
+            parameters=params,
+            kernel_name=KERNEL_NAME,
+            cwd=str(root),
+            progress_bar=False,
+            execution_timeout=timeout,
+            # keep the kernel process's own start-up chatter off the progress lines
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except PapermillExecutionError as exc:
+        say(f"FAILED ({time.perf_counter() - start:.1f} s)")
+        message = (
+            f"notebook {path.stem} failed in cell {exc.cell_index} "
+            f"(In [{exc.exec_count}]): {exc.ename}: {exc.evalue}\n"
+            f"the executed notebook with the traceback is {output}"
+        )
+        raise NotebookFailed(path.stem, message) from exc
+    except BaseException:
+        say("FAILED")
+        raise
+    seconds = time.perf_counter() - start
+    say(f"ok ({seconds:.1f} s)")
+    return Executed(path.stem, output, seconds, params)
 
 
 def run(
@@ -537,13 +585,12 @@ def _jupyter_book_command() -> list[str]:
     raise RuntimeError("jupyter-book is not installed next to this interpreter nor on PATH")
 
 
-def _toc_notebooks_without_source(lay: Layout) -> list[str]:
-    """Stems that ``_toc.yml`` lists under ``book/executed/`` with no ``notebooks/<stem>.ipynb``."""
+def _toc_executed_stems(lay: Layout) -> list[str]:
+    """Stems of the executed notebooks that ``_toc.yml`` lists (``book/executed/<stem>``), in
+    its order; empty without a ``_toc.yml``."""
     toc = lay.root / "_toc.yml"
     if not toc.exists():
         return []
-    import yaml
-
     files: list[str] = []
 
     def walk(node: Any) -> None:
@@ -557,10 +604,14 @@ def _toc_notebooks_without_source(lay: Layout) -> list[str]:
             for item in node:
                 walk(item)
 
-    walk(yaml.safe_load(toc.read_text()))
+    walk(_safe_yaml(toc.read_text(), str(toc)))
     executed = lay.executed.relative_to(lay.root).as_posix() + "/"
-    stems = [Path(f).stem for f in files if f.startswith(executed)]
-    return [s for s in stems if not (lay.notebooks / f"{s}.ipynb").exists()]
+    return [Path(f).stem for f in files if f.startswith(executed)]
+
+
+def _toc_notebooks_without_source(lay: Layout) -> list[str]:
+    """Stems that ``_toc.yml`` lists under ``book/executed/`` with no ``notebooks/<stem>.ipynb``."""
+    return [s for s in _toc_executed_stems(lay) if not (lay.notebooks / f"{s}.ipynb").exists()]
 
 
 def render(
@@ -573,6 +624,8 @@ def render(
     ``book/_build/html``). With ``warnings_as_errors`` Sphinx runs with ``-W -n --keep-going``
     and every page is rebuilt, so that no warning hides in a cached page.
 
+    Before the build the HTML folder is emptied and the intro's scoreboard is written from
+    ``$LOCALSGD_RESULTS/verdicts``; after it the bundled MathJax keeps only what pages load.
     Raises ValueError when a notebook has not been executed yet, RuntimeError when the build
     fails.
     """
@@ -591,6 +644,9 @@ def render(
             f"notebooks {missing} have no executed copy in {lay.executed}; run "
             "`python -m localsgd_book.pipeline execute` (or `make book`) first"
         )
+    scoreboard.write_scoreboard(
+        lay.scoreboard, _toc_executed_stems(lay), lay.results / "verdicts")
+    sitefiles.clean_html(lay.html)
     cmd = [
         *_jupyter_book_command(),
         "build",
@@ -606,6 +662,12 @@ def render(
     proc = subprocess.run(cmd, cwd=lay.root)
     if proc.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed with exit code {proc.returncode}")
+    freed = sitefiles.prune_mathjax(lay.html)
+    print(
+        f"HTML: {sitefiles.folder_bytes(lay.html) / 2**20:.1f} MiB in {lay.html} "
+        f"(unused MathJax files removed: {freed / 2**20:.1f} MiB)",
+        flush=True,
+    )
 
 
 def book(
