@@ -167,3 +167,22 @@ def gram_infinity_deep(x, L: int, d_out: int = 1):
             back = back * derivs[k]
         gram = gram + inputs[l] * back
     return gram / d_out
+
+
+def kernel_constants(spec, params0, xs):
+    """``lambda_min(G_0) / m`` of every initialisation on every data set, next to the
+    infinite-width limit's ``lambda_min`` (:func:`gram_infinity_deep`, deep nets only).
+
+    ``params0``: initialisations stacked on a leading seed axis ``S``; ``xs``: ``P`` input
+    arrays ``(n_p, d)``. Returns ``(finite (S, P), limit (P,))`` as float64 NumPy arrays."""
+    if spec.arch != "deep":
+        raise ValueError(f"spec.arch must be 'deep' for the limit kernel, got {spec.arch!r}")
+
+    def one(p, x):
+        return dg.min_eigenvalue(dg.ntk_gram(spec, p, x, outputs="full")) / spec.m
+
+    eig = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    finite = np.stack([np.asarray(eig(params0, jnp.asarray(x)), np.float64) for x in xs], axis=1)
+    limit = np.array([np.linalg.eigvalsh(gram_infinity_deep(x, spec.L, spec.d_out))[0]
+                      for x in xs])
+    return finite, limit
