@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from localsgd import data, diagnostics, experiments, model
-from localsgd.claims import all_hold
-from localsgd.claims import setting
+from localsgd.claims import all_hold, setting
 
 N, D, L = 16, 16, 4
 WIDTHS = [64, 128, 256, 512]
@@ -25,7 +24,8 @@ def _norms():
         exp = experiments.Experiment(n=N, d=D, m=m, L=L, seeds=4)
         spec = exp.net_spec()
         params0, _ = experiments.init_params(exp, spec)
-        out.append(np.asarray(jax.vmap(lambda p, s=spec: diagnostics.forward_norms(s, p, x))(params0)))
+        norms = jax.vmap(lambda p, s=spec: diagnostics.forward_norms(s, p, x))(params0)
+        out.append(np.asarray(norms))
     return np.stack(out)
 
 

@@ -61,7 +61,7 @@ def forward_stability(
                       basis="computed"),
         Check.between("exponent of the worst deviation in m (theory −1/2)", fit.slope,
                       *slope_band, basis="theory"),
-        Check.at_most(f"max over l of |mean ‖h_l‖² − 1| ÷ its standard error, m = {int(widths[-1])}",
+        Check.at_most(f"max over l of |mean ‖h_l‖² − 1| ÷ its std error, m = {int(widths[-1])}",
                       float(np.max(np.abs(sq_mean - 1) / se)), se_count, basis="computed"),
     ]
 
