@@ -122,3 +122,67 @@ def gram_infinity(x):
     dots = x @ x.T
     cos = np.clip(dots / np.outer(norms, norms), -1.0, 1.0)
     return dots * (np.pi - np.arccos(cos)) / (2.0 * np.pi)
+
+
+def _relu_moments(K):
+    """For a covariance ``K: (n, n)`` of pre-activations ``u``: ``2 E[phi(u_i) phi(u_j)]`` (the
+    next layer's ``K`` under He init) and ``2 P(u_i > 0, u_j > 0)`` (the ReLU derivative's
+    kernel), both ``(n, n)``, by the arc-cosine formulas of Cho and Saul (2009)."""
+    norms = np.sqrt(np.diag(K))
+    outer = np.outer(norms, norms)
+    cos = np.clip(K / outer, -1.0, 1.0)
+    theta = np.arccos(cos)
+    return outer * (np.sin(theta) + (np.pi - theta) * cos) / np.pi, (np.pi - theta) / np.pi
+
+
+def gram_infinity_deep(x, L: int, d_out: int = 1):
+    """The infinite-width limit of ``G_0 / m`` for ALS19's deep ReLU network (``arch="deep"``:
+    ``A``, ``W_l`` i.i.d. ``N(0, 2/m)``, ``B`` i.i.d. ``N(0, 1/d_out)``, ``W_1..W_L`` trained),
+    for one output: ``x: (n, d) -> (n, n)`` (NumPy, float64). The full Gram over ``d_out``
+    outputs is this matrix on each diagonal block (the outputs' blocks decouple as ``m -> oo``).
+
+    With ``K_l = <h_l(x_i), h_l(x_j)>`` (``K_{-1} = x x^T``, ``K_l = 2 E phi(u) phi(u')`` for
+    ``u ~ N(0, K_{l-1})``) and ``D_l = 2 P(g_l > 0, g_l' > 0)`` at the trained layer ``l``,
+    ``<df/dW_l, df'/dW_l> / m -> K_{l-1} * (D_L / 2) * prod_{k=l}^{L-1} D_k / d_out``, summed over
+    ``l``. Exact as ``m -> oo`` (Jacot et al. 2018's recursion in ALS19's scaling); at width
+    ``m`` the empirical Gram fluctuates around it at the rate ``m^{-1/2}`` and, ``lambda_min``
+    being concave, its smallest eigenvalue sits below the limit's on average."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n, d) with n >= 1, got {x.shape}")
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"L must be an integer >= 1, got {L!r}")
+    if isinstance(d_out, bool) or not isinstance(d_out, int) or d_out < 1:
+        raise ValueError(f"d_out must be an integer >= 1, got {d_out!r}")
+    K, _ = _relu_moments(x @ x.T)  # K_0 = <h_0, h_0'>, h_0 = phi(A x)
+    inputs, derivs = [], []
+    for _ in range(L):
+        inputs.append(K)
+        K, D = _relu_moments(K)
+        derivs.append(D)
+    gram = np.zeros_like(K)
+    for l in range(L):
+        back = derivs[-1] / 2.0
+        for k in range(l, L - 1):
+            back = back * derivs[k]
+        gram = gram + inputs[l] * back
+    return gram / d_out
+
+
+def kernel_constants(spec, params0, xs):
+    """``lambda_min(G_0) / m`` of every initialisation on every data set, next to the
+    infinite-width limit's ``lambda_min`` (:func:`gram_infinity_deep`, deep nets only).
+
+    ``params0``: initialisations stacked on a leading seed axis ``S``; ``xs``: ``P`` input
+    arrays ``(n_p, d)``. Returns ``(finite (S, P), limit (P,))`` as float64 NumPy arrays."""
+    if spec.arch != "deep":
+        raise ValueError(f"spec.arch must be 'deep' for the limit kernel, got {spec.arch!r}")
+
+    def one(p, x):
+        return dg.min_eigenvalue(dg.ntk_gram(spec, p, x, outputs="full")) / spec.m
+
+    eig = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    finite = np.stack([np.asarray(eig(params0, jnp.asarray(x)), np.float64) for x in xs], axis=1)
+    limit = np.array([np.linalg.eigvalsh(gram_infinity_deep(x, spec.L, spec.d_out))[0]
+                      for x in xs])
+    return finite, limit

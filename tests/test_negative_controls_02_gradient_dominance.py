@@ -1,0 +1,72 @@
+"""Negative controls for chapter 02: the checks of `localsgd.claims.gradient_dominance` hold on a
+small correct run and fail on deliberately wrong ones (duplicated inputs, a wrong initialisation
+variance)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from localsgd import data, experiments, model, theory
+from localsgd.claims import all_hold
+from localsgd.claims import gradient_dominance as gd
+
+N, D, L, M = 16, 16, 2, 512
+DELTAS = [0.05, 0.1, 0.2, 0.4]
+NS = [8, 16, 32]
+
+
+def _sweep(duplicate: bool = False):
+    def inputs(n, delta):
+        x = data.sphere(n, D, delta=delta, seed=0).x.copy()
+        if duplicate:  # two identical samples: delta = 0, outside ALS19's assumption
+            x[1] = x[0]
+        return x
+
+    exp = experiments.Experiment(n=N, d=D, m=M, L=L, seeds=2)
+    spec = exp.net_spec()
+    params0, _ = experiments.init_params(exp, spec)
+    xd = [inputs(N, dl) for dl in DELTAS]
+    xn = [inputs(k, 0.2) for k in NS]
+    lam_d, inf_d = theory.kernel_constants(spec, params0, xd)
+    lam_n, inf_n = theory.kernel_constants(spec, params0, xn)
+    return gd.kernel_scaling(DELTAS, lam_d, inf_d, NS, lam_n, inf_n)
+
+
+def _failing(checks):
+    return {c.name for c in checks if not c.holds}
+
+
+def test_kernel_scaling_holds_on_a_correct_run():
+    checks = _sweep()
+    assert all_hold(checks), _failing(checks)
+
+
+def test_negative_control_02_gradient_dominance_duplicated_inputs():
+    checks = _sweep(duplicate=True)
+    assert not all_hold(checks)
+    assert any("λ_min(G_∞) in δ" in name for name in _failing(checks))
+
+
+def test_negative_control_02_gradient_dominance_wrong_init_variance(monkeypatch):
+    init = model.init
+
+    def wide_variance(key, spec, dtype=np.float32):  # N(0, 8/m) instead of N(0, 2/m)
+        p = init(key, spec, dtype)
+        return {**p, "trainable": tuple(math.sqrt(4.0) * w for w in p["trainable"])}
+
+    monkeypatch.setattr(model, "init", wide_variance)
+    checks = _sweep()
+    assert not all_hold(checks)
+    assert any("÷ λ_min(G_∞)" in name for name in _failing(checks))
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan")])
+def test_ratio_along_training_fails_when_the_ratio_collapses(bad):
+    widths = [64, 128, 256]
+    lam = np.array([[0.1 * m for m in widths]] * 2)
+    med = 2 * lam / 32
+    checks = gd.ratio_along_training(widths, med * bad, med, med, lam, 3 * lam, 32)
+    assert not all_hold(checks)
