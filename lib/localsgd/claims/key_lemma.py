@@ -15,7 +15,7 @@ import numpy as np
 from .. import analysis, experiments, theory
 from . import Check
 
-__all__ = ["key_lemma", "measured_gap", "predicted_gap"]
+__all__ = ["gap_coefficients", "key_lemma", "measured_gap", "predicted_gap"]
 
 
 def measured_gap(result) -> float:
@@ -24,17 +24,26 @@ def measured_gap(result) -> float:
     return float(np.median(np.asarray(result.metrics["gap_rel"])[:, 1:]))
 
 
-def predicted_gap(result) -> float:
-    """The first-order prediction for ``result``'s run: ``eta * tau * ||H_k (g_k - g)|| / ||g_k||``
-    at each seed's initialisation, with the step ``eta`` the run used (``result.eta: (S,)``);
-    median over seeds and clients. Computes from the initialisation only; runs no training."""
-    exp = result.config
+def gap_coefficients(exp) -> np.ndarray:
+    """:func:`localsgd.theory.gap_first_order` at each of ``exp``'s initialisations, ``(S, K)``:
+    the first-order relative gap per unit of ``eta * tau`` (it depends on the data, the network
+    and the seeds, not on the step). Computes from the initialisation only; runs no training."""
     clients, _, _ = experiments.load_data(exp)
     spec = exp.net_spec(clients.x.shape[-1], clients.y.shape[-1])
     params0, _ = experiments.init_params(exp, spec)
     one = jax.jit(lambda p: theory.gap_first_order(spec, p, clients))
-    kappa = np.asarray(jax.lax.map(one, params0))  # (S, K)
-    return float(np.median(np.asarray(result.eta)[:, None] * exp.tau * kappa))
+    return np.asarray(jax.lax.map(one, params0))
+
+
+def predicted_gap(result, coefficients=None) -> float:
+    """The first-order prediction for ``result``'s run: ``eta * tau * ||H_k (g_k - g)|| / ||g_k||``
+    with the step each seed used (``result.eta: (S,)``) and the coefficients of
+    :func:`gap_coefficients` (computed for ``result.config`` when not given); median over seeds
+    and clients."""
+    if coefficients is None:
+        coefficients = gap_coefficients(result.config)
+    eta_tau = np.asarray(result.eta, float)[:, None] * result.config.tau
+    return float(np.median(eta_tau * np.asarray(coefficients)))
 
 
 def key_lemma(
@@ -43,7 +52,7 @@ def key_lemma(
     predicted,
     *,
     label: str = "",
-    slope_band=(0.75, 1.25),
+    slope_band=(0.8, 1.4),
     ratio_band=(0.5, 2.0),
     small_max: float = 0.1,
 ) -> list[Check]:
