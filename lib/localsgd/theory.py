@@ -9,6 +9,7 @@ measured quantities with these shapes (slopes on log-log axes, ratios), never wi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -186,3 +187,31 @@ def kernel_constants(spec, params0, xs):
     limit = np.array([np.linalg.eigvalsh(gram_infinity_deep(x, spec.L, spec.d_out))[0]
                       for x in xs])
     return finite, limit
+
+
+def gap_first_order(spec, params, data):
+    """First-order prediction of the key lemma's relative gap, per unit of ``eta * tau``.
+
+    A round from ``W`` moves client ``k`` to ``W - eta tau g_k + O((eta tau)^2)`` and the average
+    to ``W - eta tau g + O((eta tau)^2)``, with ``g_k = grad F_k(W)`` and ``g = sum_k w_k g_k``;
+    so ``grad F_k(W_k) - grad F_k(W_bar) = -eta tau H_k (g_k - g) + O((eta tau)^2)`` with
+    ``H_k`` the Hessian of ``F_k`` at ``W`` (a Hessian-vector product, never formed). Returns
+    ``||H_k (g_k - g)|| / ||g_k||``, ``(K,)``: the relative gap over ``eta * tau`` as
+    ``eta * tau -> 0``. ``params``: one network's ``{"trainable", "fixed"}``; ``data``: the
+    :class:`localsgd.data.ClientData`. Exact to first order; not a bound.
+    """
+    fixed, W = params["fixed"], params["trainable"]
+
+    def grads(W_):
+        return dg.client_grads(spec, W_, fixed, data, per_client=False)  # leaves (K, ...)
+
+    g_k = grads(W)
+    g = jax.tree.map(lambda a: jnp.tensordot(data.weight.astype(a.dtype), a, axes=1), g_k)
+
+    def one(k):
+        pick = functools.partial(jax.tree.map, lambda a: a[k])
+        d_k = jax.tree.map(lambda a, b: a[k] - b, g_k, g)
+        hv = jax.jvp(lambda W_: pick(grads(W_)), (W,), (d_k,))[1]
+        return dg.tree_norm(hv) / dg.tree_norm(pick(g_k))
+
+    return jnp.stack([one(k) for k in range(data.mask.shape[0])])
