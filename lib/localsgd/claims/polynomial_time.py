@@ -24,10 +24,10 @@ __all__ = [
 ALS19_EXPONENTS = {"n": 6.0, "1/δ": 2.0, "L": 2.0}
 
 
-def init_min_eigenvalues(exp, init=None, with_prediction: bool = False):
+def init_min_eigenvalues(exp, with_prediction: bool = False):
     """``lambda_min(G_0)`` of every seed of ``exp`` (an :class:`~localsgd.experiments.Experiment`),
-    from the same initialisations the run starts from: ``(S,)``. ``init(exp, spec)`` replaces
-    :func:`localsgd.experiments.init_params` (it must return ``(params0, keys)``).
+    from the same initialisations the run starts from (:func:`localsgd.experiments.init_params`):
+    ``(S,)``.
 
     With ``with_prediction`` also ``F0: (S,)`` and ``eta: (S,)`` (the step ``exp.eta_rule``
     gives), known before the run: ``(lam_min, F0, eta)``, to size a run's horizon."""
@@ -36,7 +36,7 @@ def init_min_eigenvalues(exp, init=None, with_prediction: bool = False):
 
     clients, _, _ = ex.load_data(exp)
     spec = exp.net_spec(clients.x.shape[-1], clients.y.shape[-1])
-    params0, _ = (init or ex.init_params)(exp, spec)
+    params0, _ = ex.init_params(exp, spec)
     x = jnp.asarray(clients.x[clients.mask > 0])
     lam = np.asarray(jax.vmap(lambda p: theory.min_eig_at_init(spec, p, x))(params0))
     if not with_prediction:
