@@ -195,3 +195,30 @@ def format_pm(value: float, err: float, sig: int = 2) -> str:
         return f"{value:.4g} ± {err:g}"
     decimals = max(0, sig - 1 - int(np.floor(np.log10(err))))
     return f"{value:.{decimals}f} ± {err:.{decimals}f}"
+
+
+def bootstrap_loglog(x, values, bootstrap: int = 1000, level: float = 0.95, seed: int = 0):
+    """Exponent ``p`` of ``values ~ x^p`` with a bootstrap interval over the seeds.
+
+    ``x: (P,)`` settings, ``values: (P, S)`` one value per setting and seed (non-finite values
+    are left out of every fit). The seeds of each setting are resampled independently, the
+    log-log line refitted ``bootstrap`` times, and the ``level`` percentile interval returned:
+    ``(p, low, high)``. Raises ValueError for mismatched shapes or fewer than 3 finite points.
+    """
+    x, values = np.asarray(x, float), np.asarray(values, float)
+    if values.ndim != 2 or values.shape[0] != x.size:
+        raise ValueError(f"values must have shape (P={x.size}, S), got {values.shape}")
+    X = np.repeat(x[:, None], values.shape[1], axis=1)
+    p = fit(X, values, log="xy").slope
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(bootstrap):
+        idx = rng.integers(0, values.shape[1], size=values.shape)
+        sample = np.take_along_axis(values, idx, axis=1)
+        ok = np.isfinite(sample) & (sample > 0)
+        if ok.sum() >= 3 and np.unique(X[ok]).size > 1:
+            boot.append(fit(X[ok], sample[ok], log="xy").slope)
+    if not boot:
+        return p, np.nan, np.nan
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return p, float(lo), float(hi)

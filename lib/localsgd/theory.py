@@ -215,3 +215,15 @@ def gap_first_order(spec, params, data):
         return dg.tree_norm(hv) / dg.tree_norm(pick(g_k))
 
     return jnp.stack([one(k) for k in range(data.mask.shape[0])])
+
+
+def iterations_to_eps(F0, eps, eta, lam_min, n):
+    """Iterations for gradient descent on the linearised model to bring the mean loss from
+    ``F0`` to ``eps`` along its slowest direction: ``n log(F0 / eps) / (2 eta lam_min)``, from
+    :func:`linear_rate` with ``log(1 - x) ~ -x``. Every direction contracts at least this fast,
+    so the linearised model gets there no later (an upper bound for it, up to the ``log``
+    approximation); a network whose Gram drifts during training may take longer. Arguments
+    broadcast (NumPy); ``F0 <= eps`` gives 0."""
+    F0, eps = np.asarray(F0, float), np.asarray(eps, float)
+    steps = np.asarray(n, float) * np.log(F0 / eps) / (2.0 * np.asarray(eta, float) * lam_min)
+    return np.maximum(steps, 0.0)

@@ -1,0 +1,66 @@
+"""Negative controls for chapter 12: the verdict of ``claims.width_threshold`` holds for a small
+correct phase diagram and fails when the width does not reach the network (every run trained at
+one width, whatever its cell says) or when success ignores the laziness test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localsgd import experiments as ex
+from localsgd import model
+from localsgd.claims import all_hold
+from localsgd.claims import width_threshold as wt
+
+WIDTHS = [4, 16, 64]
+NS = [4, 16]
+SEEDS = 4
+LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
+
+
+def _diagram(success=wt.success):
+    """Success over ``WIDTHS`` x ``NS`` (delta fixed) and the chapter's checks on it."""
+    base = ex.Experiment(
+        dataset="sphere", d=16, delta=0.3, num_clients=2, arch="deep", L=2, algorithm="local_gd",
+        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=150, eval_every=10,
+        metrics=("loss", "dist", "flips"),
+    )
+    res = ex.run_grid([base.replace(n=n, m=m) for n in NS for m in WIDTHS], cache=False)
+    shape = (len(NS), len(WIDTHS), SEEDS, -1)
+    loss, mv, fl = (np.stack([r.metrics[k] for r in res]).reshape(shape)
+                    for k in ("loss", "dist_rel", "flips"))
+    ok = success(loss, mv, fl, **LIMITS)
+    k = ok.sum(-1)
+    growth = wt.threshold_growth(np.array(NS, float), WIDTHS, k, np.full_like(k, SEEDS),
+                                 bootstrap=100)
+    return wt.checks({"n": growth}, {"n": ok.mean(-1)}, narrow_max=0.25, wide_min=0.75)
+
+
+@pytest.fixture(autouse=True)
+def _results(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+
+
+def test_12_width_threshold_correct_diagram_holds():
+    checks = _diagram()
+    assert all_hold(checks), [c for c in checks if not c.holds]
+
+
+def test_negative_control_12_width_threshold_width_does_not_matter(monkeypatch):
+    def one_width(self, d=None, d_out=None):
+        return model.NetSpec(self.arch, d or self.d, 64, self.L, d_out or self.d_out,
+                             self.activation)
+
+    monkeypatch.setattr(ex.Experiment, "net_spec", one_width)
+    checks = _diagram()
+    assert not all_hold(checks)
+    failing = {c.name for c in checks if not c.holds}
+    assert any("success rises with m" in name for name in failing), failing
+
+
+def test_negative_control_12_width_threshold_laziness_ignored():
+    def reached_only(loss, movement, flips, *, eps, max_movement, max_flips):
+        return np.min(loss, axis=-1) <= eps
+
+    checks = _diagram(success=reached_only)
+    assert not all_hold(checks)
