@@ -110,7 +110,8 @@ def communication(
         Check.at_least(f"R(τ={t1}) / R(τ={t0}), fixed step", fixed_ratio, t0 / t1, fmt=".3g",
                        basis="computed"),
         Check.at_most(f"R(τ={t1}) / R(τ={t0}), fixed step, against the theorems' step's "
-                      f"ratio / {min_saving:g}", fixed_ratio, shrink_ratio / min_saving, fmt=".3g", basis="tolerance"),
+                      f"ratio / {min_saving:g}", fixed_ratio, shrink_ratio / min_saving, fmt=".3g",
+                      basis="tolerance"),
         Check.at_most(f"best rounds, Local SGD (τ={tl.tau}, b={tl.batch_size}) / minibatch SGD "
                       f"(b={tm.batch_size}), each tuned", _ratio(best_local, best_mb), 1.0,
                       basis="theory"),
