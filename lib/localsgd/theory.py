@@ -227,3 +227,26 @@ def iterations_to_eps(F0, eps, eta, lam_min, n):
     F0, eps = np.asarray(F0, float), np.asarray(eps, float)
     steps = np.asarray(n, float) * np.log(F0 / eps) / (2.0 * np.asarray(eta, float) * lam_min)
     return np.maximum(steps, 0.0)
+
+
+def gram_extremes(spec, params, x):
+    """``(lambda_min, lambda_max)`` of the full NTK Gram ``J J^T`` at ``params`` (``x: (n, d)``),
+    both from one symmetric eigendecomposition; two scalars."""
+    lam = jnp.linalg.eigvalsh(dg.ntk_gram(spec, params, x, outputs="full"))
+    return lam[0], lam[-1]
+
+
+def rounds_ratio_at_fixed_eta_tau(c, lam_ratio, tau, tau0: int = 1):
+    """``R(tau) / R(tau0)``: how the rounds to a target loss change with ``tau`` when the step
+    shrinks as ``eta = c n / (lambda_max tau)`` (``eta * tau`` held fixed, the theorems' regime).
+
+    On the linearised model the slowest direction (``lambda_min``) sets the rounds, and its residual
+    contracts per round by ``(1 - c lam_ratio / tau)^tau`` with ``lam_ratio = lambda_min /
+    lambda_max``; so ``R(tau) / R(tau0) = tau0 log(1 - x / tau0) / (tau log(1 - x / tau))``,
+    ``x = c lam_ratio``: about 1 (no fewer rounds) whenever ``x`` is small. Exact for Local GD on
+    the linearised model with clients whose slow direction is shared (i.i.d. clients)."""
+    x = float(c) * np.asarray(lam_ratio, float)
+    tau, tau0 = np.asarray(tau, float), np.asarray(tau0, float)
+    if np.any(x <= 0) or np.any(x >= np.minimum(tau, tau0)):
+        raise ValueError(f"c * lam_ratio must be in (0, min(tau, tau0)), got {x!r}")
+    return tau0 * np.log1p(-x / tau0) / (tau * np.log1p(-x / tau))
