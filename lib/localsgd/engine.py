@@ -424,7 +424,11 @@ def _evaluate(run: _Run, W0, init_patterns, Wbar, Ws, ever):
 
 
 def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in jax.tree.leaves(tree)]))
+    """Whether every entry of every leaf is finite (True for an empty tree)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(w)) for w in leaves]))
 
 
 def _select(ok, new, old):
