@@ -1,5 +1,5 @@
-"""localsgd.engine and the algorithm registry: identities between the algorithms, unequal clients, determinism, sweeps,
-resuming, divergence and input validation.
+"""localsgd.engine and the algorithm registry: identities between the algorithms, unequal
+clients, determinism, sweeps, resuming, divergence and input validation.
 
 Every distinct (config, network, data shape) compiles a new program (about a second on CPU), so the
 tests share a few configurations; ``eta`` and the key are traced and cost no recompilation.
@@ -8,6 +8,7 @@ Which identities hold *bitwise* on CPU and which only to float32 rounding is sta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 
 from localsgd import algorithms as algs
-from localsgd import engine as en
 from localsgd import data as dt
 from localsgd import diagnostics as dg
+from localsgd import engine as en
 from localsgd import model
 
 D, M, B = 8, 32, 2
@@ -445,3 +446,169 @@ def test_sweep_checks_inputs(p0, unequal):
     cfg = en.RunConfig("local_sgd", 2, 1, 0.1, batch_size=4)
     with pytest.raises(ValueError, match="batch_size"):
         en.sweep(cfg, SPEC, params0, unequal, jax.random.split(jax.random.key(0), 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# FedProx and SCAFFOLD against a plain per-client loop (NumPy, float64)
+
+
+def _np_grad(p, W, x, y, w):
+    """Gradient of ``sum_i w_i 1/2 ||B h_L(x_i) - y_i||^2`` for the deep ReLU net, by hand."""
+    A, Bm = (np.asarray(p["fixed"][k], np.float64) for k in ("A", "B"))
+    hs, pre = [np.maximum(x @ A.T, 0)], []
+    for Wl in W:
+        pre.append(hs[-1] @ Wl.T)
+        hs.append(np.maximum(pre[-1], 0))
+    delta = (w[:, None] * (hs[-1] @ Bm.T - y)) @ Bm
+    grads = [None] * len(W)
+    for l in reversed(range(len(W))):
+        delta = delta * (pre[l] > 0)
+        grads[l] = delta.T @ hs[l]
+        delta = delta @ W[l]
+    return grads
+
+
+def _np_federated(p0, data, key, cfg, rule):
+    """``cfg.rounds`` rounds of a federated algorithm, written as a loop over rounds, clients and
+    local steps. ``rule(W_k, g, ctx) -> new W_k`` is the client step; the minibatches are the
+    engine's draws (the sampling is tested above), so that the runs can be compared step by step.
+    Returns the final averaged weights."""
+    x, y, mask = (np.asarray(a, np.float64) for a in (data.x, data.y, data.mask))
+    weight = np.asarray(data.weight, np.float64)
+    K, b, tau = x.shape[0], cfg.batch_size, cfg.tau
+    Wbar = [np.asarray(w, np.float64) for w in p0["trainable"]]
+    c_k = [[np.zeros_like(w) for w in Wbar] for _ in range(K)]
+    for r in range(cfg.rounds):
+        idx = np.asarray(en._minibatch_indices(jax.random.fold_in(key, r), mask, tau, b))
+        c = [sum(weight[k] * c_k[k][l] for k in range(K)) for l in range(len(Wbar))]
+        models = []
+        for k in range(K):
+            Wk = [w.copy() for w in Wbar]
+            for t in range(tau):
+                i = idx[t, k]
+                g = _np_grad(p0, Wk, x[k][i], y[k][i], np.full(b, 1.0 / b))
+                Wk = [rule(Wk[l], g[l], (Wbar[l], c_k[k][l], c[l])) for l in range(len(Wk))]
+            c_k[k] = [c_k[k][l] - c[l] + (Wbar[l] - Wk[l]) / (tau * cfg.eta)
+                      for l in range(len(Wk))]
+            models.append(Wk)
+        Wbar = [sum(weight[k] * models[k][l] for k in range(K)) for l in range(len(Wbar))]
+    return Wbar
+
+
+@pytest.mark.parametrize("layout", ["map", "vmap"])
+@pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
+def test_fedprox_and_scaffold_equal_a_plain_loop(p0, unequal, algorithm, layout):
+    """FedProx (``W - eta (g + mu (W - W_bar))``) and SCAFFOLD (``W - eta (g - c_k + c)``, the
+    control variates carried across rounds) in float64 against a NumPy loop written here, to
+    1e-10 (float32 would give ~1e-6). Both differ from Local SGD with the same draws."""
+    mu = 0.7
+    cfg = en.RunConfig(algorithm, rounds=3, tau=3, eta=0.3, batch_size=B, layout=layout,
+                       prox_mu=mu if algorithm == "fedprox" else 0.0, dtype="float64")
+    rules = {
+        "fedprox": lambda W, g, ctx: W - cfg.eta * (g + mu * (W - ctx[0])),
+        "scaffold": lambda W, g, ctx: W - cfg.eta * (g - ctx[1] + ctx[2]),
+    }
+    key = jax.random.key(1)
+    out = en.run(cfg, SPEC, p0, unequal, key)
+    want = _np_federated(p0, unequal, key, cfg, rules[algorithm])
+    for a, w in zip(_leaves(out), want):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, w, rtol=1e-10, atol=1e-12)
+    plain = _np_federated(p0, unequal, key, cfg, lambda W, g, ctx: W - cfg.eta * g)
+    assert _max_diff(want, plain) > 1e-4  # the algorithm's own term matters here
+    if algorithm == "scaffold":
+        c = out.state.client_state
+        assert c[0].shape == (3,) + SPEC.layer_shapes[0] and np.abs(np.asarray(c[0])).max() > 0
+
+
+def test_scaffold_resumes_with_its_control_variates(p0, unequal):
+    """Two runs continued through ``state`` end where one run of their total length does: the
+    control variates travel in ``TrainState.client_state``."""
+    def cfg(R):
+        return en.RunConfig("scaffold", rounds=R, tau=2, eta=0.3, batch_size=B)
+
+    key = jax.random.key(4)
+    first = en.run(cfg(2), SPEC, p0, unequal, key)
+    rest = en.run(cfg(2), SPEC, p0, unequal, key, start=first.state)
+    whole = en.run(cfg(4), SPEC, p0, unequal, key)
+    _assert_bitwise(_leaves(rest), _leaves(whole))
+    _assert_bitwise(rest.state.client_state, whole.state.client_state)
+    dropped = en.run(cfg(2), SPEC, p0, unequal, key, start=first.state._replace(
+        client_state=jax.tree.map(jnp.zeros_like, first.state.client_state)))
+    assert _max_diff(_leaves(dropped), _leaves(whole)) > 1e-6
+
+
+def test_fedprox_with_mu_zero_is_local_sgd_bitwise(p0, unequal):
+    key = jax.random.key(1)
+    prox = en.run(en.RunConfig("fedprox", rounds=3, tau=2, eta=0.3, batch_size=B), SPEC, p0,
+                  unequal, key)
+    lsgd = en.run(en.RunConfig("local_sgd", rounds=3, tau=2, eta=0.3, batch_size=B), SPEC, p0,
+                  unequal, key)
+    for a, b in zip(_leaves(prox), _leaves(lsgd)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "1", True, 1e300])
+def test_prox_mu_is_validated(bad):
+    with pytest.raises(ValueError, match="prox_mu"):
+        en.RunConfig("fedprox", rounds=2, eta=0.1, batch_size=2, prox_mu=bad)
+
+
+def test_prox_mu_only_for_fedprox():
+    with pytest.raises(ValueError, match="prox_mu must be 0 for algorithm='local_sgd'"):
+        en.RunConfig("local_sgd", rounds=2, eta=0.1, batch_size=2, prox_mu=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# float64
+
+
+def test_float64_run_matches_float64_reference_beyond_float32(ds, p0, one_client):
+    """``dtype="float64"``: weights, data and step size in float64. Twenty GD steps against the
+    NumPy float64 loop agree to 1e-12; the float32 run is off by far more (~1e-7), so the float64
+    run is not float32 in disguise (as when eta or the weights were rounded to float32)."""
+    eta = 0.3 + 1e-9  # not a float32 number: rounding it to float32 would show
+    key = jax.random.key(0)
+    cfg = en.RunConfig("local_gd", rounds=4, tau=5, eta=eta, dtype="float64")
+    out64 = en.run(cfg, SPEC, p0, one_client, key)
+    out32 = en.run(dataclasses.replace(cfg, dtype="float32"), SPEC, p0, one_client, key)
+    x, y = np.asarray(ds.x, np.float64), np.asarray(ds.y, np.float64)
+    W = [np.asarray(w, np.float64) for w in p0["trainable"]]
+    for _ in range(20):
+        g = _np_grad(p0, W, x, y, np.full(24, 1 / 24))
+        W = [w - eta * gw for w, gw in zip(W, g)]
+    err64 = _max_diff(_leaves(out64), W)
+    err32 = _max_diff(_leaves(out32), W)
+    assert out64.params["trainable"][0].dtype == np.float64
+    assert out64.metrics["loss"].dtype == np.float64
+    assert err64 < 1e-12 and err32 > 1e-8, (err64, err32)
+
+
+@pytest.mark.parametrize("eta, field", [(1e39, "eta"), (1e-50, "eta")])
+def test_eta_must_be_representable_in_dtype(eta, field):
+    with pytest.raises(ValueError, match=f"{field} must be representable in float32"):
+        en.RunConfig("local_gd", rounds=2, eta=eta)
+    en.RunConfig("local_gd", rounds=2, eta=eta, dtype="float64")  # fine there
+
+
+def test_layout_is_validated():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        en.RunConfig("local_gd", rounds=2, layout="threads")
+    with pytest.raises(ValueError, match="clients_together"):
+        en.RunConfig("local_gd", rounds=2, clients_together=0)
+
+
+def test_configs_differing_in_eta_share_a_program():
+    a = en.RunConfig("local_gd", rounds=2, eta=0.1)
+    b = en.RunConfig("local_gd", rounds=2, eta=0.2)
+    assert a == b and hash(a) == hash(b) and a.eta != b.eta
+    assert a != en.RunConfig("local_gd", rounds=2, eta=0.1, layout="vmap")
+
+
+def test_registry_entries():
+    assert set(algs.ALGORITHMS) >= {"local_sgd", "local_gd", "gd", "minibatch_sgd", "fedprox",
+                                    "scaffold"}
+    with pytest.raises(ValueError, match="already registered"):
+        algs.register(algs.Algorithm("local_sgd"))
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        algs.get("fedavg")
