@@ -2,7 +2,7 @@
 (sphinx-mathjax-offline), and neither the notebooks nor the library fetch anything.
 
 Cheap static checks. The HTML checks skip when the book has not been built
-(`python -m localsgd.pipeline render` writes book/_build/html; LOCALSGD_BOOK_HTML names another
+(`python -m localsgd_book.pipeline render` writes book/_build/html; LOCALSGD_BOOK_HTML names another
 build).
 """
 
