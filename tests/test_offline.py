@@ -2,7 +2,7 @@
 (sphinx-mathjax-offline), and neither the notebooks nor the library fetch anything.
 
 Cheap static checks. The HTML checks skip when the book has not been built
-(`python -m localsgd.pipeline render` writes book/_build/html; LOCALSGD_BOOK_HTML names another
+(`python -m localsgd_book.pipeline render` writes book/_build/html; LOCALSGD_BOOK_HTML names another
 build).
 """
 
@@ -137,3 +137,10 @@ def test_built_pages_have_one_search_field(page: Path):
         pytest.skip("a page without the book's layout (a redirect or a search page)")
     fields = len(re.findall(r"class=\"[^\"]*\bsearch-button-field\b", text))
     assert fields <= 1, f"{page.name} has {fields} search fields (a second strip above the page)"
+
+
+def test_the_intro_links_the_proof_index():
+    intro = _built("the intro") / "book" / "intro.html"
+    links = re.findall(r"href=\"([^\"#]*prf-prf\.html)\"", intro.read_text(encoding="utf-8"))
+    assert links, "the intro does not link the index of definitions and algorithms"
+    assert all((intro.parent / link).resolve().is_file() for link in links), links
