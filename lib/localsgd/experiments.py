@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__, model, store, theory
+from . import __version__, budget, model, store, theory
 from . import algorithms as al
 from . import data as dt
 from .store import results_dir, write_bytes_atomic
@@ -199,6 +199,7 @@ class Experiment:
                 f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), "
                 f"got {self.eta!r}"
             )
+        budget.check_bounds(self)  # what the compiled program can index
 
     # -- the pieces -------------------------------------------------------------------------
     def net_spec(self, d: int | None = None, d_out: int | None = None) -> model.NetSpec:
@@ -443,6 +444,7 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     # What only the data decides (batch_size against the smallest client), before any work.
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
     al.check_inputs(cfg, spec, shapes, clients)
+    budget.check_memory(exp, int(clients.mask.sum()), d, d_out, clients.x.shape[1])
     _check_writable(exp, cache)
     params0, keys = init_params(exp, spec)
     x_all = jnp.asarray(clients.x[clients.mask > 0])
