@@ -306,6 +306,9 @@ def test_idx_cache_key_follows_contents(tmp_path, results):
     _idx_files(tmp_path, seed=0)  # the original contents again: the original entry is served
     assert exp.key() == key0
     assert ex.run(exp).provenance["created"] == first.provenance["created"]
+    labels.unlink()  # gone since the config was built: refused by name, not served from the cache
+    with pytest.raises(ValueError, match="idx_labels must name a readable IDX file"):
+        ex.run(exp)
 
 
 # -- when results cannot be written ------------------------------------------------------------

@@ -385,7 +385,14 @@ def _identity(exp: Experiment) -> dict:
     entry."""
     ident = {"platform": jax.default_backend(), "mesh": _mesh()}
     if exp.dataset == "idx":
-        ident["idx_contents"] = [dt.file_digest(exp.idx_images), dt.file_digest(exp.idx_labels)]
+        ident["idx_contents"] = []
+        for name in ("idx_images", "idx_labels"):
+            try:
+                ident["idx_contents"].append(dt.file_digest(getattr(exp, name)))
+            except OSError as err:  # gone or unreadable since the config was built
+                raise ValueError(
+                    f"{name} must name a readable IDX file, got {getattr(exp, name)!r} ({err})"
+                ) from err
     return ident
 
 
