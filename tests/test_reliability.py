@@ -381,8 +381,10 @@ def test_a_failed_cache_write_returns_the_result_with_a_warning(results, monkeyp
 def test_a_failed_checkpoint_write_lets_the_run_finish_with_a_warning(results, monkeypatch):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
     monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
-    with pytest.warns(UserWarning, match="checkpoint at round 2 not saved.*No space left"):
+    with pytest.warns(UserWarning, match=r"checkpoint at round \d not saved.*No space left") as rec:
         res = ex.run(exp, cache=False)
+    assert [str(w.message).split(" not saved")[0] for w in rec] == [
+        "checkpoint at round 2", "checkpoint at round 4"]  # every one tried, none lost silently
     assert same(res, ex.run(ex.Experiment(**TINY), cache=False))
 
 
