@@ -543,3 +543,12 @@ def test_memory_guard_refuses_before_any_work_with_the_estimate_and_the_field(
     size = lambda m: sum(budget.estimate(budget.sizes(exp.replace(m=m), 12, 5, 1)).values())  # noqa: E731
     assert size(fits) <= 2**22 < size(fits + 1), "the suggested width is not the largest that fits"
     assert not results.exists() or not any(results.rglob("*")), "written before the refusal"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not os.path.exists("/proc/meminfo"),
+                    reason="the host's memory is what a CPU run has")
+def test_available_memory_is_the_hosts():
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo")
+                 if line.startswith("MemTotal:"))
+    available = budget.available_bytes()
+    assert 0 < available <= total
