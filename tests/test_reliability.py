@@ -24,8 +24,8 @@ import jax
 import numpy as np
 import pytest
 
+from localsgd import budget, store
 from localsgd import experiments as ex
-from localsgd import store
 
 TINY = dict(n=12, d=5, m=16, L=1, num_clients=3, rounds=6, eval_every=2, metrics=("loss", "dist"))
 CPU = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise claims are made on CPU")
@@ -206,6 +206,7 @@ def test_an_unusable_checkpoint_means_a_fresh_start_with_a_warning(results, caps
 CHILD = """
 import json, sys
 import numpy as np
+from localsgd import budget
 from localsgd import experiments as ex
 from localsgd import store
 res = ex.run(ex.Experiment(**json.loads(sys.argv[1])))
@@ -305,6 +306,9 @@ def test_idx_cache_key_follows_contents(tmp_path, results):
     _idx_files(tmp_path, seed=0)  # the original contents again: the original entry is served
     assert exp.key() == key0
     assert ex.run(exp).provenance["created"] == first.provenance["created"]
+    labels.unlink()  # gone since the config was built: refused by name, not served from the cache
+    with pytest.raises(ValueError, match="idx_labels must name a readable IDX file"):
+        ex.run(exp)
 
 
 # -- when results cannot be written ------------------------------------------------------------
@@ -377,8 +381,10 @@ def test_a_failed_cache_write_returns_the_result_with_a_warning(results, monkeyp
 def test_a_failed_checkpoint_write_lets_the_run_finish_with_a_warning(results, monkeypatch):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
     monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
-    with pytest.warns(UserWarning, match="checkpoint at round 2 not saved.*No space left"):
+    with pytest.warns(UserWarning, match=r"checkpoint at round \d not saved.*No space left") as rec:
         res = ex.run(exp, cache=False)
+    assert [str(w.message).split(" not saved")[0] for w in rec] == [
+        "checkpoint at round 2", "checkpoint at round 4"]  # every one tried, none lost silently
     assert same(res, ex.run(ex.Experiment(**TINY), cache=False))
 
 
@@ -490,3 +496,59 @@ def test_stale_temporary_files_of_dead_writers_are_swept(results):
     for name, (_, kept) in files.items():
         assert (name in left) == kept, f"{name} {'removed' if kept else 'left behind'}"
     assert f"{exp.key()}.npz" in left
+
+
+# -- sizes: what the program can index, and memory ---------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, extra", [
+    ("rounds", 10**12, {}), ("L", 100_000, {}), ("seeds", 2**31, {}), ("n", 2**31, {}),
+    ("m", 2**31, {}), ("seed", 2**63 - 1, {"seeds": 2}),
+])
+def test_integer_fields_are_bounded_to_what_the_program_indexes(field, value, extra):
+    with pytest.raises(ValueError, match=f"^{field} must be at most") as err:
+        ex.Experiment(**{**TINY, field: value, **extra})
+    assert str(value) in str(err.value)
+    limit = int(str(err.value).split("at most ")[1].split()[0])
+    ex.Experiment(**{**TINY, **extra, field: min(limit, 8) if field != "seed" else limit})
+
+
+def test_memory_estimate_counts_the_arrays_of_a_run():
+    for arch, L in (("deep", 3), ("two_layer", 1)):
+        exp = ex.Experiment(**{**TINY, "arch": arch, "L": L, "m": 64}, seeds=3)
+        spec = exp.net_spec()
+        params = jax.eval_shape(lambda spec=spec: ex.model.init(jax.random.key(0), spec))
+        trained = sum(a.size for a in params["trainable"])
+        fixed = sum(a.size for a in params["fixed"].values())
+        parts = budget.estimate(budget.sizes(exp, 12, 5, 1), batched_seeds=True)
+        assert parts["initial and final weights of every seed"] == 3 * (2 * trained + fixed) * 4
+        assert parts["clients' local models"] == 3 * 2 * 3 * trained * 4
+        # In turn (a CPU), one seed trains at a time.
+        alone = budget.estimate(budget.sizes(exp, 12, 5, 1), batched_seeds=False)
+        assert alone["clients' local models"] * 3 == parts["clients' local models"]
+    grow = [sum(budget.estimate(budget.sizes(ex.Experiment(**{**TINY, "m": m}), 12, 5, 1)).values())
+            for m in (16, 32, 64)]
+    assert grow[0] < grow[1] < grow[2] and grow[2] / grow[1] > 3  # the m^2 weights dominate
+
+
+def test_memory_guard_refuses_before_any_work_with_the_estimate_and_the_field(
+        results, monkeypatch, no_work):
+    monkeypatch.setattr(budget, "available_bytes", lambda: 2**22)  # 4 MiB
+    exp = ex.Experiment(**{**TINY, "m": 512}, seeds=2)
+    with pytest.raises(ValueError, match=r"needs about .* GiB of memory, more than the 0.00391 GiB "
+                                         r"available .*: lower m to at most (\d+) \(now 512\)"
+                       ) as err:
+        ex.run(exp)
+    fits = int(str(err.value).split("m to at most ")[1].split()[0])
+    size = lambda m: sum(budget.estimate(budget.sizes(exp.replace(m=m), 12, 5, 1)).values())  # noqa: E731
+    assert size(fits) <= 2**22 < size(fits + 1), "the suggested width is not the largest that fits"
+    assert not results.exists() or not any(results.rglob("*")), "written before the refusal"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or not os.path.exists("/proc/meminfo"),
+                    reason="the host's memory is what a CPU run has")
+def test_available_memory_is_the_hosts():
+    total = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo")
+                 if line.startswith("MemTotal:"))
+    available = budget.available_bytes()
+    assert 0 < available <= total

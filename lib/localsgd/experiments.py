@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import __version__, model, store, theory
+from . import __version__, budget, model, store, theory
 from . import config as cf
 from . import data as dt
 from . import engine as en
@@ -176,6 +176,7 @@ class Experiment:
                 f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), "
                 f"got {self.eta!r}"
             )
+        budget.check_bounds(self)  # what the compiled program can index
 
     # -- the pieces -------------------------------------------------------------------------
     def net_spec(self, d: int | None = None, d_out: int | None = None) -> model.NetSpec:
@@ -367,7 +368,14 @@ def _identity(exp: Experiment) -> dict:
     entry."""
     ident = {"platform": jax.default_backend(), "mesh": _mesh()}
     if exp.dataset == "idx":
-        ident["idx_contents"] = [dt.file_digest(exp.idx_images), dt.file_digest(exp.idx_labels)]
+        ident["idx_contents"] = []
+        for name in ("idx_images", "idx_labels"):
+            try:
+                ident["idx_contents"].append(dt.file_digest(getattr(exp, name)))
+            except OSError as err:  # gone or unreadable since the config was built
+                raise ValueError(
+                    f"{name} must name a readable IDX file, got {getattr(exp, name)!r} ({err})"
+                ) from err
     return ident
 
 
@@ -426,6 +434,7 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     # What only the data decides (batch_size against the smallest client), before any work.
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
     en.check_inputs(cfg, spec, shapes, clients)
+    budget.check_memory(exp, int(clients.mask.sum()), d, d_out, clients.x.shape[1])
     _check_writable(exp, cache)
     with en.precision(cfg):
         out, metrics, rounds, resumed, etas, test_metrics = _compute(exp, cfg, spec, clients, test)
