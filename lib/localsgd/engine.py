@@ -132,7 +132,9 @@ def _minibatch_scores(key, mask, tau):
     # Drawn flat and reshaped: the same numbers as drawing the shape directly (the threefry PRNG
     # is partitionable, JAX's default: element i depends only on the key and i), but XLA compiles
     # the flat draw in about a third of the time.
-    u = jax.random.uniform(key, (tau * math.prod(mask.shape),)).reshape((tau,) + mask.shape)
+    # float32 whatever the run's dtype, so that a float64 run draws the same minibatches.
+    u = jax.random.uniform(key, (tau * math.prod(mask.shape),), jnp.float32)
+    u = u.reshape((tau,) + mask.shape)
     return jnp.where(mask > 0, u, 2.0)
 
 
