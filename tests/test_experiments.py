@@ -263,7 +263,7 @@ def test_cache_hit_returns_identical_arrays(results_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cache hit must not recompute")
 
-    monkeypatch.setattr(al, "sweep", boom)
+    monkeypatch.setattr("localsgd.engine.sweep", boom)
     second = ex.run(BASE)
     assert second.metrics.keys() == first.metrics.keys()
     for k in first.metrics:

@@ -594,6 +594,15 @@ def run(
                           layout=layout_for(config))
 
 
+def run_module(config: RunConfig, module, data: ClientData, key, start=None):
+    """:func:`run` for a network given as a Flax NNX module (:class:`localsgd.model.DeepReLUNet`,
+    :class:`localsgd.model.TwoLayerNet`): its state is split into trained and fixed parts
+    (:func:`localsgd.model.split`), trained, and merged back. Returns ``(TrainOutput, trained
+    module)``; the module passed in is not changed."""
+    out = run(config, module.spec, model.split(module), data, key, start)
+    return out, model.merge(module, out.params)
+
+
 def sweep_etas(config: RunConfig, S: int, etas=None) -> np.ndarray:
     """The ``(S,)`` step sizes of a sweep in ``config.dtype``: ``config.eta`` for every run when
     ``etas`` is None, else ``etas`` checked to be ``S`` positive finite numbers."""
