@@ -316,12 +316,18 @@ def test_divergence_is_reported_and_weights_stay_finite(p0, unequal):
 
 
 def test_runs_under_float64(p0, unequal):
+    """``dtype="float64"`` runs in float64 from float32 inputs (JAX's 64-bit mode on for the run
+    only); the float32 default runs in float32 even from float64 parameters."""
+    cfg = en.RunConfig("local_gd", rounds=4, tau=2, eta=0.01, eval_every=2, dtype="float64")
+    out = en.run(cfg, SPEC, p0, unequal, jax.random.key(0))
+    assert out.params["trainable"][0].dtype == np.float64
+    assert int(out.diverged_at) == -1 and np.all(np.isfinite(out.metrics["loss"]))
+    assert jnp.zeros(1).dtype == jnp.float32  # the 64-bit mode did not leak out of the run
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p0)
-        out = en.run(en.RunConfig("local_gd", rounds=4, tau=2, eta=0.01, eval_every=2), SPEC, p64,
-                     unequal, jax.random.key(0))
-        assert out.params["trainable"][0].dtype == jnp.float64
-    assert int(out.diverged_at) == -1 and np.all(np.isfinite(out.metrics["loss"]))
+        out32 = en.run(dataclasses.replace(cfg, dtype="float32"), SPEC, p64, unequal,
+                       jax.random.key(0))
+    assert out32.params["trainable"][0].dtype == np.float32
 
 
 def test_converging_run_reports_no_divergence(lgd_out):
@@ -612,3 +618,90 @@ def test_registry_entries():
         algs.register(algs.Algorithm("local_sgd"))
     with pytest.raises(ValueError, match="algorithm must be one of"):
         algs.get("fedavg")
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence does not depend on what is recorded
+
+
+BLOWUP = dict(n=12, d=5, m=16, L=1, num_clients=3, rounds=6, eval_every=2, eta_rule="fixed")
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("algorithm", ["local_gd", "local_sgd"])
+def test_divergence_verdict_independent_of_recorded_metrics(results_dir, algorithm):
+    """eta = 1e12: the same seed gives the same divergence round and the same trajectory whatever
+    is recorded (before, with only ``flips`` or ``pl_ratio`` recorded the run went on, and
+    ``pl_ratio`` recorded NaN without the run being marked diverged)."""
+    from localsgd.experiments import Experiment, run
+
+    extra = {"algorithm": algorithm, "batch_size": 2 if algorithm == "local_sgd" else None}
+    res = {m: run(Experiment(**BLOWUP, **extra, eta=1e12, metrics=m), cache=False)
+           for m in (("loss",), ("flips",), ("pl_ratio",), ("loss", "flips", "pl_ratio"))}
+    verdicts = {m: r.diverged_at.tolist() for m, r in res.items()}
+    assert all(r.diverged for r in res.values()), verdicts
+    assert len({tuple(v) for v in verdicts.values()}) == 1, verdicts
+    full = res[("loss", "flips", "pl_ratio")].metrics
+    for m, r in res.items():
+        for k, v in r.metrics.items():
+            assert np.all(np.isfinite(v)), (m, k, v)
+            np.testing.assert_array_equal(v, full[k])  # the same trajectory
+
+
+@pytest.mark.parametrize("algorithm", ["local_gd", "local_sgd"])
+def test_blowup_that_collapses_is_reported_by_name(results_dir, algorithm):
+    """eta = 1e6: the loss jumps by orders of magnitude, then every ReLU dies and the loss sits
+    at a constant with a zero gradient. Before, ``diverged`` was False and there was no message;
+    now the run is stopped at the blow-up and the message names it and the parameter to lower."""
+    from localsgd.experiments import Experiment, run
+
+    extra = {"algorithm": algorithm, "batch_size": 2 if algorithm == "local_sgd" else None}
+    r = run(Experiment(**BLOWUP, **extra, eta=1e6, metrics=("loss",)), cache=False)
+    assert r.diverged
+    msg = r.divergence_message()
+    assert "Lower eta" in msg and ("loss grew" in msg or "inactive" in msg or "non-finite" in msg)
+    # The recorded loss never shows the blow-up: training stopped at the last good weights.
+    loss = r.metrics["loss"][0]
+    assert np.all(loss <= en.GROWTH * loss[0])
+
+
+def test_dead_network_is_reported(p0, unequal):
+    """A network whose last hidden layer is inactive on every sample has a zero gradient and
+    stops learning for good: the guard stops it and names the cause."""
+    dead = {"trainable": (p0["trainable"][0], -jnp.abs(p0["trainable"][1]) - 1.0),
+            "fixed": p0["fixed"]}  # W_2 h_1 < 0 for every h_1 >= 0
+    out = en.run(en.RunConfig("local_gd", rounds=2, tau=1, eta=0.1), SPEC, dead, unequal,
+                 jax.random.key(0))
+    assert int(out.diverged_at) == 1 and en.WHY[int(out.diverged_why)] == "all units dead"
+    msg = en.divergence_message(en.RunConfig("local_gd", rounds=2, eta=0.1), 1, out.diverged_why)
+    assert "inactive on every sample" in msg and "Lower eta" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Client optimisers as Optax transformations
+
+
+@pytest.mark.parametrize("layout", ["map", "vmap"])
+def test_optax_sgd_client_equals_the_fused_update(p0, unequal, layout):
+    """An entry whose client optimiser is ``optax.sgd(eta)`` gives Local SGD's numbers (to
+    float32 rounding: the update is applied after the whole gradient, not fused per layer)."""
+    import optax
+
+    name = "local_sgd_optax_test"
+    if name not in algs.REGISTRY:
+        algs.register(algs.Algorithm(name, stochastic=True,
+                                     optimizer=lambda eta, config: optax.sgd(eta)))
+    key = jax.random.key(1)
+    kw = dict(rounds=3, tau=3, eta=0.3, batch_size=B, layout=layout)
+    via_optax = en.run(en.RunConfig(name, **kw), SPEC, p0, unequal, key)
+    fused = en.run(en.RunConfig("local_sgd", **kw), SPEC, p0, unequal, key)
+    for a, b in zip(_leaves(via_optax), _leaves(fused)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(via_optax.metrics["loss"], fused.metrics["loss"], rtol=1e-5)
+    momentum = en.run(en.RunConfig("local_sgd_momentum", **kw), SPEC, p0, unequal, key)
+    assert _max_diff(_leaves(momentum), _leaves(fused)) > 1e-3  # momentum does change the run

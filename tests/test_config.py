@@ -64,8 +64,8 @@ def test_prox_mu_reaches_the_run_config():
     (cf.check_int, ("k", 2.0, 1), "k must be an integer >= 1"),
     (cf.check_int, ("k", True, 0), "k must be an integer"),
     (cf.check_int, ("k", 5, 0, 4), r"k must be an integer in \[0, 4\]"),
-    (cf.check_float, ("x", "1"), r"x must be a finite number in \(0.0, inf\)"),
-    (cf.check_float, ("x", 0.0), "x must be a finite number"),
+    (cf.check_float, ("x", "1"), "x must be a positive finite number"),
+    (cf.check_float, ("x", 0.0, 0.0, 1.0), r"x must be a finite number in \(0, 1\]"),
     (cf.check_float, ("x", 1e-300, 0.0, 1.0), None),
     (cf.check_choice, ("c", ["a"], ("a",)), "c must be one of"),
 ])

@@ -46,11 +46,19 @@ def is_int(v) -> bool:
 
 
 def check_int(name: str, v, low: int = 0, high: int = INT32_MAX) -> int:
-    """``v`` as a Python int, or ValueError unless it is an integer in ``[low, high]``."""
-    if not is_int(v) or not low <= v <= high:
-        allowed = f">= {low}" if high == INT32_MAX else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {allowed}, got {v!r}")
+    """``v`` as a Python int, or ValueError unless it is an integer in ``[low, high]`` (``high``
+    defaults to what the compiled program can index, int32)."""
+    if not is_int(v) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    if v > high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {v!r}")
     return int(v)
+
+
+def _interval(low, high, open_low) -> str:
+    if low == 0 and math.isinf(high):
+        return "a positive finite number" if open_low else "a non-negative finite number"
+    return f"a finite number in {'(' if open_low else '['}{low:g}, {high:g}]"
 
 
 def check_float(
@@ -63,9 +71,8 @@ def check_float(
     ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     if ok:
         ok = (low < v if open_low else low <= v) and v <= high
-    interval = f"{'(' if open_low else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
     if not ok:
-        raise ValueError(f"{name} must be a finite number in {interval}, got {v!r}")
+        raise ValueError(f"{name} must be {_interval(low, high, open_low)}, got {v!r}")
     v = float(v)
     if dtype is not None and v != 0:
         info = np.finfo(dtype)
@@ -89,7 +96,8 @@ def check_metrics(v) -> tuple:
     names = tuple(v) if isinstance(v, (tuple, list)) else None
     if not names or not all(isinstance(m, str) and m in METRICS for m in names):
         raise ValueError(
-            f"metrics must be a non-empty tuple of names from {tuple(METRICS)}, got {v!r}"
+            f"metrics must be a non-empty subset of {tuple(METRICS)} (a tuple of names), "
+            f"got {v!r}"
         )
     return names
 

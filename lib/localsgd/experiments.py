@@ -559,26 +559,27 @@ def _concat(parts):
 
 
 def _stop_at_divergence(metrics, rounds, diverged_at):
-    """Marks a seed diverged at the first recorded round with a non-finite metric (the weights
-    can stay finite while the loss overflows) and holds every metric at its last finite record
-    from there on, so that the returned metrics are finite. Ratios (``pl_ratio``, ``*_rel``) are
-    not signals: they are 0/0 where a loss or a gradient vanishes."""
+    """Holds every metric of a diverged seed at its last record before the divergence round, so
+    that the returned metrics show no value of the weights the run was stopped at, whichever
+    metrics were recorded. (The engine's guard marks a run diverged when its loss, computed
+    whatever is recorded, or any recorded value is non-finite; a non-finite record that it could
+    not see marks the run here, at that record's round.)"""
     metrics = {k: np.array(v) for k, v in metrics.items()}
     diverged_at = np.array(diverged_at)
     S, E = diverged_at.shape[0], len(rounds)
     bad = np.zeros((S, E), bool)
-    for k, v in metrics.items():
-        if k != "pl_ratio" and not k.endswith("_rel"):
-            bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
+    for v in metrics.values():
+        bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
     for s in range(S):
         hits = np.flatnonzero(bad[s])
-        if hits.size == 0 or hits[0] == 0:
+        if hits.size and hits[0] > 0 and (diverged_at[s] < 0 or rounds[hits[0]] < diverged_at[s]):
+            diverged_at[s] = rounds[hits[0]]
+        if diverged_at[s] < 0:
             continue
-        e = hits[0]
-        if diverged_at[s] < 0 or rounds[e] < diverged_at[s]:
-            diverged_at[s] = rounds[e]
-        for v in metrics.values():
-            v[s, e:] = v[s, e - 1]
+        e = int(np.searchsorted(rounds, diverged_at[s]))
+        if 0 < e < E:
+            for v in metrics.values():
+                v[s, e:] = v[s, e - 1]
     return metrics, diverged_at
 
 

@@ -231,3 +231,24 @@ def to_params(module: _Network) -> dict:
     """The module's arrays as the ``{"trainable", "fixed"}`` pytree the algorithms take."""
     fixed = {k: getattr(module, k)[...] for k in ("A", "B") if hasattr(module, k)}
     return {"trainable": tuple(w[...] for w in module.W), "fixed": fixed}
+
+
+def split(module: _Network) -> dict:
+    """The module's state split, with ``nnx.split``, into its trained part (the ``nnx.Param``
+    layers ``W_1 .. W_L``) and its fixed part (the :class:`Fixed` ``A`` and ``B``), as the
+    ``{"trainable", "fixed"}`` pytree the engine trains (:func:`localsgd.engine.run_module`)."""
+    _, trained, fixed = nnx.split(module, nnx.Param, Fixed)
+    W = nnx.to_pure_dict(trained)["W"]
+    return {"trainable": tuple(W[i] for i in range(len(W))), "fixed": nnx.to_pure_dict(fixed)}
+
+
+def merge(module: _Network, params: dict) -> _Network:
+    """A copy of ``module`` with the trained layers of ``params`` (the inverse of :func:`split`);
+    ``module`` itself is not changed."""
+    graphdef, trained, fixed = nnx.split(module, nnx.Param, Fixed)
+    if len(params["trainable"]) != len(module.W):
+        raise ValueError(f"params must hold {len(module.W)} trained layers, got "
+                         f"{len(params['trainable'])}")
+    nnx.replace_by_pure_dict(trained, {"W": dict(enumerate(params["trainable"]))})
+    return nnx.merge(graphdef, trained, fixed)
+
