@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd import algorithms, data, experiments, model, theory
+from localsgd import algorithms, data, diagnostics, experiments, model, theory
 from localsgd.claims import all_hold
 from localsgd.claims import gradient_dominance as gd
 
@@ -104,3 +104,26 @@ def test_negative_control_02_gradient_dominance_step_above_critical():
     checks = _semi_smoothness(2.5)
     assert not all_hold(checks)
     assert not checks[-1].holds  # some steps increase F
+
+
+def test_limit_kernel_is_what_the_empirical_gram_tends_to():
+    x = data.sphere(8, D, delta=0.2, seed=1).x
+    limit = theory.gram_infinity_deep(x, L)
+    errors = []
+    for m in (128, 4096):
+        exp = experiments.Experiment(n=8, d=D, m=m, L=L, seeds=2)
+        spec = exp.net_spec()
+        params0, _ = experiments.init_params(exp, spec)
+        grams = jax.vmap(lambda p, s=spec: diagnostics.ntk_gram(s, p, x))(params0)
+        grams = np.asarray(grams, np.float64) / m
+        errors.append(np.median([np.linalg.norm(g - limit, 2) for g in grams]))
+    errors = np.array(errors) / np.linalg.norm(limit, 2)
+    assert errors[1] < 0.1
+    assert errors[1] < errors[0] / 2  # concentration in m (m^{-1/2} predicts a factor ~5.7)
+
+
+def test_gram_infinity_deep_refuses_bad_input():
+    with pytest.raises(ValueError, match="L must"):
+        theory.gram_infinity_deep(np.eye(3), 0)
+    with pytest.raises(ValueError, match="x must"):
+        theory.gram_infinity_deep(np.ones(3), 1)
