@@ -1,15 +1,17 @@
 """Negative controls for chapter 02: the checks of `localsgd.claims.gradient_dominance` hold on a
 small correct run and fail on deliberately wrong ones (duplicated inputs, a wrong initialisation
-variance)."""
+variance, a step above the critical one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import jax
 import numpy as np
 import pytest
 
-from localsgd import data, experiments, model, theory
+from localsgd import algorithms, data, diagnostics, experiments, model, theory
 from localsgd.claims import all_hold
 from localsgd.claims import gradient_dominance as gd
 
@@ -70,3 +72,58 @@ def test_ratio_along_training_fails_when_the_ratio_collapses(bad):
     med = 2 * lam / 32
     checks = gd.ratio_along_training(widths, med * bad, med, med, lam, 3 * lam, 32)
     assert not all_hold(checks)
+
+
+def _semi_smoothness(scale: float, rounds: int = 6):
+    """Local GD (K = 2, tau = 2) one round at a time from one initialisation, with the step
+    ``scale * n / lambda_max(G0)``; the semi-smoothness checks with the bound for the chapter's
+    step fraction 0.5."""
+    exp = experiments.Experiment(n=N, d=D, num_clients=2, m=128, L=L, tau=2, seeds=1)
+    spec = exp.net_spec()
+    clients, _, _ = experiments.load_data(exp)
+    params0, keys = experiments.init_params(exp, spec)
+    p0 = jax.tree.map(lambda a: a[0], params0)
+    eta = float(theory.ntk_step_size(spec, p0, clients.x[clients.mask > 0], scale))
+    cfg = dataclasses.replace(exp.run_config(eta), rounds=1, eval_every=1, metrics=("loss",))
+    out = algorithms.run(cfg, spec, p0, clients, keys[0])
+    iterates = [p0["trainable"], out.params["trainable"]]
+    for _ in range(rounds - 1):
+        out = algorithms.run(cfg, spec, p0, clients, keys[0], start=out.state)
+        iterates.append(out.params["trainable"])
+    residual, dot, _ = theory.taylor_residuals(spec, p0["fixed"], iterates, clients)
+    return gd.semi_smoothness(residual, np.abs(dot), dot, bound=2 * 0.5 / 2)
+
+
+def test_semi_smoothness_holds_at_the_chapter_step():
+    checks = _semi_smoothness(0.5)
+    assert all_hold(checks), _failing(checks)
+
+
+def test_negative_control_02_gradient_dominance_step_above_critical():
+    # 2.5 n / lambda_max(G0): above the linearised model's critical step 2 n / lambda_max
+    checks = _semi_smoothness(2.5)
+    assert not all_hold(checks)
+    assert not checks[-1].holds  # some steps increase F
+
+
+def test_limit_kernel_is_what_the_empirical_gram_tends_to():
+    x = data.sphere(8, D, delta=0.2, seed=1).x
+    limit = theory.gram_infinity_deep(x, L)
+    errors = []
+    for m in (128, 4096):
+        exp = experiments.Experiment(n=8, d=D, m=m, L=L, seeds=2)
+        spec = exp.net_spec()
+        params0, _ = experiments.init_params(exp, spec)
+        grams = jax.vmap(lambda p, s=spec: diagnostics.ntk_gram(s, p, x))(params0)
+        grams = np.asarray(grams, np.float64) / m
+        errors.append(np.median([np.linalg.norm(g - limit, 2) for g in grams]))
+    errors = np.array(errors) / np.linalg.norm(limit, 2)
+    assert errors[1] < 0.1
+    assert errors[1] < errors[0] / 2  # concentration in m (m^{-1/2} predicts a factor ~5.7)
+
+
+def test_gram_infinity_deep_refuses_bad_input():
+    with pytest.raises(ValueError, match="L must"):
+        theory.gram_infinity_deep(np.eye(3), 0)
+    with pytest.raises(ValueError, match="x must"):
+        theory.gram_infinity_deep(np.ones(3), 1)

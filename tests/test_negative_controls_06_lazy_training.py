@@ -9,14 +9,15 @@ from localsgd import experiments, theory
 from localsgd.claims import all_hold
 from localsgd.claims import lazy_training as claims
 
-COMMON = dict(dataset="sphere", n=16, d=16, num_clients=2, algorithm="local_gd", tau=2, rounds=12,
-              eval_every=4, eta=1.0, eta_rule="ntk", seeds=2, metrics=("loss", "dist", "ever_flipped"))
+COMMON = dict(dataset="sphere", n=16, d=16, num_clients=2, algorithm="local_gd", tau=2,
+              rounds=12, eval_every=4, eta=1.0, eta_rule="ntk", seeds=2,
+              metrics=("loss", "dist", "ever_flipped"))
 
 
 def _checks(widths=(64, 128, 256), widths_two=(64, 256, 1024)):
-    deep = [experiments.run(experiments.Experiment(arch="deep", m=m, L=2, **COMMON), cache=False)
-            for m in widths]
-    two = [experiments.run(experiments.Experiment(arch="two_layer", m=m, L=1, **COMMON), cache=False)
+    Exp = experiments.Experiment
+    deep = [experiments.run(Exp(arch="deep", m=m, L=2, **COMMON), cache=False) for m in widths]
+    two = [experiments.run(Exp(arch="two_layer", m=m, L=1, **COMMON), cache=False)
            for m in widths_two]
     end = lambda res, k: np.stack([r.metrics[k][:, -1] for r in res])  # noqa: E731
     abs_deep = np.stack([np.sqrt((r.metrics["dist"][:, -1, :] ** 2).sum(-1)) for r in deep])

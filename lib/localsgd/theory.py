@@ -250,3 +250,29 @@ def rounds_ratio_at_fixed_eta_tau(c, lam_ratio, tau, tau0: int = 1):
     if np.any(x <= 0) or np.any(x >= np.minimum(tau, tau0)):
         raise ValueError(f"c * lam_ratio must be in (0, min(tau, tau0)), got {x!r}")
     return tau0 * np.log1p(-x / tau0) / (tau * np.log1p(-x / tau))
+
+
+def taylor_residuals(spec, fixed, iterates, data):
+    """Semi-smoothness along a trajectory, in float64: for consecutive iterates ``W_r, W_{r+1}``
+    (tuples of trained weights) and the step ``W' = W_{r+1} - W_r``, the residual
+    ``F(W_r + W') - F(W_r) - <grad F(W_r), W'>`` (bounded by ALS19's semi-smoothness theorem),
+    the first-order term ``<grad F(W_r), W'>`` and ``F(W_r)``, on ``data`` (a ClientData).
+    Returns three ``(R,)`` NumPy arrays, ``R = len(iterates) - 1``."""
+    if len(iterates) < 2:
+        raise ValueError(f"iterates must hold at least 2 points, got {len(iterates)}")
+    with jax.enable_x64(True):
+        def to64(tree):
+            return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+        fixed64, data64 = to64(fixed), to64(data)
+
+        @jax.jit
+        def one(W, W1):
+            p = {"trainable": W, "fixed": fixed64}
+            F, g = dg.loss_and_grad(spec, p, data64)
+            step = jax.tree.map(jnp.subtract, W1, W)
+            return dg.semi_smoothness_residual(spec, p, data64, step), dg.tree_dot(g, step), F
+
+        vals = np.array([[float(v) for v in one(to64(a), to64(b))]
+                         for a, b in zip(iterates[:-1], iterates[1:])])
+    return vals[:, 0], vals[:, 1], vals[:, 2]
