@@ -55,3 +55,8 @@ def test_negative_control_03_nonsmoothness_no_averaging():
     assert not all_hold(checks)
     ratio = next(c for c in checks if "predicted" in c.name)
     assert not ratio.holds and ratio.measured > 2, ratio
+
+
+def test_key_lemma_refuses_a_sweep_shorter_than_two_decades():
+    with pytest.raises(ValueError, match="eta_tau"):
+        key_lemma([0.01, 0.03, 0.09], [0.001, 0.003, 0.009], [0.001, 0.003, 0.009])

@@ -57,3 +57,8 @@ def test_negative_control_04_local_gd_width_far_too_small():
     checks = local_gd(runs, lam, EPS)
     print(*checks, sep="\n")
     assert not all_hold(checks)
+
+
+def test_local_gd_refuses_a_single_tau():
+    with pytest.raises(ValueError, match="theorem_runs"):
+        local_gd({1: None}, [1.0], EPS)
