@@ -21,7 +21,7 @@ LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
 def _diagram(success=wt.success):
     """Success over ``WIDTHS`` x ``NS`` (delta fixed) and the chapter's checks on it."""
     base = ex.Experiment(
-        dataset="sphere", d=16, delta=0.3, num_clients=2, arch="deep", L=2, algorithm="local_gd",
+        dataset="sphere", d=16, delta=0.3, num_clients=2, arch="deep", L=1, algorithm="local_gd",
         tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=150, eval_every=10,
         metrics=("loss", "dist", "flips"),
     )

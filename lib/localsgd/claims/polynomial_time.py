@@ -17,7 +17,8 @@ from .. import analysis, theory
 from . import Check
 
 __all__ = [
-    "ALS19_EXPONENTS", "checks", "eps_linearity", "init_min_eigenvalues", "measured", "predicted",
+    "ALS19_EXPONENTS", "checks", "eps_linearity", "exponents", "init_min_eigenvalues", "measured",
+    "predicted",
 ]
 
 # ALS19, Theorem 1: T = O(n^6 L^2 / delta^2 * log(1/eps)) for gradient descent.
@@ -64,6 +65,25 @@ def measured(result, eps) -> np.ndarray:
     """Measured iterations to each ``eps: (E,)`` for every seed: ``(S, E)`` (inf: not reached)."""
     loss = np.asarray(result.metrics["loss"])
     return np.stack([analysis.iterations_to(result.iterations, loss, e) for e in eps], axis=-1)
+
+
+def exponents(x, T_measured, T_predicted, bootstrap: int = 1000, seed: int = 0):
+    """Exponents of ``T ~ x^p`` for one sweep: ``x: (P,)``, ``T_*: (P, S)``. Returns
+    ``((p, low, high), p_pred)``: the measured exponent with its bootstrap interval over seeds
+    (:func:`localsgd.analysis.bootstrap_loglog`) and the exponent of the predicted counts; ``nan``
+    where too few counts are finite and positive to fit (a run that never got there)."""
+    x = np.asarray(x, float)
+    T_predicted = np.where(np.asarray(T_predicted) > 0, T_predicted, np.nan)
+    try:
+        fit = analysis.bootstrap_loglog(x, T_measured, bootstrap=bootstrap, seed=seed)
+    except ValueError:
+        fit = (np.nan, np.nan, np.nan)
+    X = np.repeat(x[:, None], np.shape(T_predicted)[1], axis=1)
+    try:
+        pred = analysis.fit(X, T_predicted, log="xy").slope
+    except ValueError:
+        pred = np.nan
+    return fit, pred
 
 
 def eps_linearity(T, eps) -> np.ndarray:
