@@ -14,7 +14,8 @@ from localsgd.claims import polynomial_time as pt
 
 EPS = [0.1, 0.05, 0.02]
 DELTAS = [0.6, 0.3, 0.15]
-SETTINGS = dict(factor=3.0, slack=4.0, r2_min=0.9, max_movement=0.3, max_flips=0.15)
+SETTINGS = dict(factor=6.0, slack=4.0, r2_min=0.9, exponent_tol=0.75, max_movement=0.3,
+                max_flips=0.15)
 
 
 def _experiment(delta, m):
