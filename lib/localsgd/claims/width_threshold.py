@@ -120,12 +120,14 @@ def checks(diagrams: dict, frac: dict, *, narrow_max: float, wide_min: float) ->
     out = []
     for name, g in diagrams.items():
         f = np.asarray(frac[name], float)
-        out.append(Check.at_least(
+        low = np.min(g["slope_ci"][:, 0])
+        out.append(Check(
             f"{name} diagram: success rises with m (smallest lower end of the rows' logistic "
-            "slopes)", np.min(g["slope_ci"][:, 0]), 0.0, ".3g", basis="computed"))
-        out.append(Check.at_least(
+            "slopes)", "> 0", low, bool(low > 0), basis="computed"))
+        low = g["growth_ci"][0]
+        out.append(Check(
             f"{name} diagram: m* grows with {name} (lower end of the exponent's interval; "
-            f"fit {g['growth']:.2f})", g["growth_ci"][0], 0.0, ".3g", basis="computed"))
+            f"fit {g['growth']:.2f})", "> 0", low, bool(low > 0), basis="computed"))
         out.append(Check.at_most(
             f"{name} diagram: success at the narrowest width (largest over rows)",
             np.max(f[:, 0]), narrow_max, ".3g"))
