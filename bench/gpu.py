@@ -4,7 +4,7 @@ own matrix-product rate at that precision.
     python bench/gpu.py [--reps 3] [--only R3-GPU] [--layouts] [--out FILE] [--smoke]
 
 For a machine with one CUDA GPU and JAX, Flax and NumPy (no FedJAX, no papermill): the library
-runs unchanged (``localsgd.algorithms.run`` batches the clients with ``vmap`` on an accelerator).
+runs unchanged (``localsgd.engine.run`` batches the clients with ``vmap`` on an accelerator).
 For each precision, ``jax.default_matmul_precision`` set to ``"highest"`` (true fp32 products)
 and to ``"tensorfloat32"`` (the tensor cores' tf32 mode, JAX's default for fp32 on these cards):
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(BENCH))
 
 import run as rb  # noqa: E402  (bench/run.py: cases, set-up, timing helpers)
 
-jax, jnp, np, al = rb.jax, rb.jnp, rb.np, rb.al
+jax, jnp, np, en = rb.jax, rb.jnp, rb.np, rb.en
 
 PRECISIONS = {"fp32": "highest", "tf32": "tensorfloat32"}
 
@@ -45,11 +45,11 @@ def cpu_vs_device(case: dict) -> dict:
     spec, params0, data, cfg = rb.setup(case)
     key = jax.random.key(1)
     with jax.default_matmul_precision("highest"):
-        dev = al.run(cfg, spec, params0, data, key)
+        dev = en.run(cfg, spec, params0, data, key)
     cpu = jax.devices("cpu")[0]
     with jax.default_device(cpu):
         p_cpu = jax.device_put(params0, cpu)
-        host = al.run(cfg, spec, p_cpu, data, jax.device_put(key, cpu))
+        host = en.run(cfg, spec, p_cpu, data, jax.device_put(key, cpu))
 
     def rel(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -9,7 +9,7 @@ Reference configurations (ALS19 deep ReLU net, ``d = 64``, ``d_out = 10``, ``L =
 * R3-GPU (``--gpu-extra``; run by default only when JAX's backend is a GPU): R3 with
   ``m = 4096`` and ``K = 64``.
 
-Each is run with the library (``localsgd.algorithms.run``: one compiled program), with the plain
+Each is run with the library (``localsgd.engine.run``: one compiled program), with the plain
 baseline (``bench/baseline.py``: clients in a Python loop, one jitted step per call) and, where it
 can be imported, with FedJAX's FedAvg (``bench/fedjax/worker.py``, in its own virtual environment
 ``bench/fedjax/.venv`` that ``--install-fedjax`` makes; skipped with a message otherwise). On a
@@ -33,7 +33,7 @@ layer's input), except that the first trained layer needs no input gradient. So 
 step), the ``d_out x m`` readout, the update ``W -= eta g`` and the per-round loss.
 ``steps/s`` counts client-steps: ``K * tau * rounds / seconds``.
 
-Also measured: 8 seeds and 8 learning rates of R1 in one program (``algorithms.sweep``) against
+Also measured: 8 seeds and 8 learning rates of R1 in one program (``engine.sweep``) against
 8 sequential runs; R2's compile time; the compiled program's memory against ``tau``; the peak
 resident memory of a process that runs R3. Results go to ``bench/results.json``.
 
@@ -45,6 +45,7 @@ Options: ``--quick`` (fewer repetitions), ``--reps N``, ``--no-fedjax``, ``--fed
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -66,8 +67,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from localsgd import __version__ as LOCALSGD_VERSION  # noqa: E402
-from localsgd import algorithms as al  # noqa: E402
 from localsgd import data as dt  # noqa: E402
+from localsgd import engine as en  # noqa: E402
 from localsgd import model  # noqa: E402
 
 FEDJAX_VENV = BENCH / "fedjax" / ".venv"
@@ -94,7 +95,7 @@ def setup(case: dict, seed: int = 0):
     data = dt.to_clients(ds.x, ds.y, dt.partition(ds.labels, K, seed=seed))
     spec = model.NetSpec("deep", D, case["m"], L, D_OUT)
     params0 = model.init(jax.random.key(seed), spec)
-    cfg = al.RunConfig(case["algorithm"], rounds=case["rounds"], tau=case["tau"], eta=ETA,
+    cfg = en.RunConfig(case["algorithm"], rounds=case["rounds"], tau=case["tau"], eta=ETA,
                        batch_size=case["b"])
     return spec, params0, data, cfg
 
@@ -216,7 +217,7 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
     row = {"config": {k: v for k, v in case.items()}, "flops_per_client_step": step_flops}
 
     def lib():
-        out = al.run(cfg, spec, params0, data, key)
+        out = en.run(cfg, spec, params0, data, key)
         jax.block_until_ready(out)
         return out
 
@@ -239,13 +240,11 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
 
         sharded()  # compile
         impls[f"sharded{mesh.size}"] = sharded
-    for loop in loops:  # the library with a forced client layout (see algorithms._client_loop)
-        def forced(loop=loop):
-            al.CLIENT_LOOP = loop
-            try:
-                return lib()
-            finally:
-                al.CLIENT_LOOP = None
+    for loop in loops:  # the library with a forced client layout (RunConfig.layout)
+        forced_cfg = dataclasses.replace(cfg, layout=loop)
+
+        def forced(c=forced_cfg):
+            return jax.block_until_ready(en.run(c, spec, params0, data, key))
         forced()  # compile
         impls[f"lib:{loop}"] = forced
     fed_err = None
@@ -304,7 +303,7 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
 
 
 def bench_sweeps(reps: int):
-    """8 seeds (and 8 learning rates) of R1 in one ``algorithms.sweep`` against 8 ``run`` calls."""
+    """8 seeds (and 8 learning rates) of R1 in one ``engine.sweep`` against 8 ``run`` calls."""
     case = CASES["R1"]
     spec, _, data, cfg = setup(case)
     S = 8
@@ -319,15 +318,15 @@ def bench_sweeps(reps: int):
         ("seeds", dict(params0=params, keys=keys),
          [dict(config=cfg, params0=one[s], key=keys[s]) for s in range(S)]),
         ("learning_rates", dict(params0=params_same, keys=jnp.stack([keys[0]] * S), etas=etas),
-         [dict(config=al.RunConfig(cfg.algorithm, cfg.rounds, cfg.tau, float(etas[s]),
+         [dict(config=en.RunConfig(cfg.algorithm, cfg.rounds, cfg.tau, float(etas[s]),
                                    cfg.batch_size), params0=p_same, key=keys[0])
           for s in range(S)]),
     ):
         def sweep_fn(sw_kw=sw_kw):
-            return jax.block_until_ready(al.sweep(cfg, spec, data=data, **sw_kw))
+            return jax.block_until_ready(en.sweep(cfg, spec, data=data, **sw_kw))
 
         def seq_fn(seq=seq):
-            return [jax.block_until_ready(al.run(spec=spec, data=data, **kw)) for kw in seq]
+            return [jax.block_until_ready(en.run(spec=spec, data=data, **kw)) for kw in seq]
 
         sw, runs = sweep_fn(), seq_fn()  # compile both
         t_sw, t_seq = [], []
@@ -356,12 +355,12 @@ def bench_compile(name: str = "R2"):
     (JAX's in-memory caches are cleared first, so that both really happen)."""
     spec, params0, data, cfg = setup(CASES[name])
     data = dt.ClientData(*(jnp.asarray(a) for a in data))
-    args = (cfg._static(), spec, jnp.float32(cfg.eta), params0, data, jax.random.key(1), None)
+    args = (cfg, spec, jnp.float32(cfg.eta), params0, data, jax.random.key(1), None)
     best = None
     for _ in range(2):
         jax.clear_caches()
         t0 = time.perf_counter()
-        lowered = al._train_jit.lower(*args, loop=al._client_loop())
+        lowered = en._train_jit.lower(*args, layout=en.layout_for(cfg))
         t1 = time.perf_counter()
         lowered.compile()
         t2 = time.perf_counter()
@@ -379,10 +378,10 @@ def bench_memory_vs_tau(name: str = "R1", taus=(10, 100, 1000)):
     data = dt.ClientData(*(jnp.asarray(a) for a in data))
     out = {}
     for tau in taus:
-        c = al.RunConfig(cfg.algorithm, rounds=cfg.rounds, tau=tau, eta=cfg.eta,
+        c = en.RunConfig(cfg.algorithm, rounds=cfg.rounds, tau=tau, eta=cfg.eta,
                          batch_size=cfg.batch_size)
-        ma = al._train_jit.lower(c._static(), spec, jnp.float32(c.eta), params0, data,
-                                 jax.random.key(1), None, loop=al._client_loop()
+        ma = en._train_jit.lower(c, spec, jnp.float32(c.eta), params0, data,
+                                 jax.random.key(1), None, layout=en.layout_for(c)
                                  ).compile().memory_analysis()
         out[str(tau)] = {"temp_bytes": int(ma.temp_size_in_bytes),
                          "output_bytes": int(ma.output_size_in_bytes),
@@ -393,7 +392,7 @@ def bench_memory_vs_tau(name: str = "R1", taus=(10, 100, 1000)):
 def peak_rss_child(name: str):
     """Entry point of the subprocess that runs one case and reports its peak resident memory."""
     spec, params0, data, cfg = setup(CASES[name])
-    jax.block_until_ready(al.run(cfg, spec, params0, data, jax.random.key(1)))
+    jax.block_until_ready(en.run(cfg, spec, params0, data, jax.random.key(1)))
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"case": name, "peak_rss_bytes": kib * 1024}))
 

@@ -36,9 +36,9 @@ def child(repeats: int) -> dict:
     import jax
     import numpy as np
 
-    from localsgd import algorithms as al
     from localsgd import data as dt
     from localsgd import distributed as ds
+    from localsgd import engine as en
     from localsgd import model
 
     w = WORK
@@ -46,13 +46,13 @@ def child(repeats: int) -> dict:
     clients = dt.to_clients(sph.x, sph.y, dt.partition(sph.labels, w["K"], "iid", seed=0))
     spec = model.NetSpec("deep", w["d"], w["m"], w["L"], 1)
     params0 = model.init(jax.random.key(0), spec)
-    cfg = al.RunConfig("local_sgd", rounds=w["rounds"], tau=w["tau"], eta=0.1,
+    cfg = en.RunConfig("local_sgd", rounds=w["rounds"], tau=w["tau"], eta=0.1,
                        batch_size=w["batch_size"], metrics=("loss",))
     mesh = ds.client_mesh()
     sharded = ds.shard_clients(clients, mesh)
 
     key = jax.random.key(1)
-    fns = {"single": lambda: al.run(cfg, spec, params0, clients, key),
+    fns = {"single": lambda: en.run(cfg, spec, params0, clients, key),
            "sharded": lambda: ds.run(cfg, spec, params0, sharded, key, mesh=mesh)}
     for fn in fns.values():
         jax.block_until_ready(fn())  # compiles
@@ -63,7 +63,7 @@ def child(repeats: int) -> dict:
             jax.block_until_ready(fn())
             best[name] = min(best[name], time.perf_counter() - t0)
     single, shard = best["single"], best["sharded"]
-    a = al.run(cfg, spec, params0, clients, key).metrics["loss"]
+    a = en.run(cfg, spec, params0, clients, key).metrics["loss"]
     b = ds.run(cfg, spec, params0, sharded, key, mesh=mesh).metrics["loss"]
     steps = w["K"] * w["rounds"] * w["tau"]
     return {"devices": jax.device_count(), "platform": jax.default_backend(),

@@ -108,6 +108,16 @@ ref = al.sweep(cfg, spec, P0, clients, keys, etas)
 got = ds.sweep(cfg, spec, P0, clients, keys, etas, mesh=mesh)
 out["local_gd"] = diff((ref.metrics, ref.params, ref.state), (got.metrics, got.params, got.state))
 
+# FedProx and SCAFFOLD through run, two rounds and two more from the state (SCAFFOLD's control
+# variates are per-client state, sharded like the data)
+for name, extra in (("fedprox", {"prox_mu": 0.5}), ("scaffold", {})):
+    cfg = al.RunConfig(name, rounds=2, tau=3, eta=0.1, batch_size=4, metrics=metrics, **extra)
+    ref = al.run(cfg, spec, p0, clients, jax.random.key(1))
+    ref = al.run(cfg, spec, p0, clients, jax.random.key(1), start=ref.state)
+    got = ds.run(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh)
+    got = ds.run(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh, start=got.state)
+    out[name] = diff((ref.metrics, ref.params, ref.state), (got.metrics, got.params, got.state))
+
 # K that does not divide: a ValueError naming num_clients and the device count
 try:
     six = dt.to_clients(sph.x, sph.y, dt.partition(sph.labels, 6, "iid", seed=0))
@@ -237,7 +247,7 @@ def test_mesh_environment_variable(monkeypatch, tmp_path):
         ds.initialize()
 
 
-@pytest.mark.parametrize("algorithm", ["local_sgd", "local_gd"])
+@pytest.mark.parametrize("algorithm", ["local_sgd", "local_gd", "fedprox", "scaffold"])
 def test_sharded_equals_single_device(sharded, algorithm):
     worst = sharded[algorithm]["worst"]
     assert worst <= 1, f"{algorithm}: sharded and single-device differ by {worst} x tolerance"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -219,3 +220,48 @@ def test_nnx_modules(cls, x):
     n_fixed = sum(a.size for a in jax.tree.leaves(nnx.state(net, model.Fixed)))
     assert n_fixed == sum(np.size(v) for v in p["fixed"].values())
     np.testing.assert_allclose(net(x), _np_forward(net.spec, p, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ["deep", "two_layer"])
+def test_fused_backward_equals_grad_of_the_module(cls, x):
+    """``model.backprop`` (the engine's fast path) against ``nnx.grad`` of the module's own
+    weighted loss, with respect to its ``nnx.Param`` layers only."""
+    rngs = nnx.Rngs(params=1)
+    net = (model.DeepReLUNet(8, 32, 2, 3, rngs=rngs) if cls == "deep"
+           else model.TwoLayerNet(8, 32, 3, rngs=rngs))
+    y = jax.random.normal(jax.random.key(5), (x.shape[0], 3))
+    w = jnp.linspace(0.0, 1.0, x.shape[0])
+
+    def loss(module):
+        return jnp.sum(w * 0.5 * jnp.sum((module(x) - y) ** 2, axis=-1))
+
+    grads = nnx.to_pure_dict(nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Param))(net))["W"]
+    p = model.split(net)
+    mine = model.backprop(net.spec, p["fixed"], p["trainable"],
+                          model.features(net.spec, p["fixed"], x), y, w)
+    assert len(mine) == len(grads)
+    for i, g in enumerate(mine):
+        np.testing.assert_allclose(g, grads[i], rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(mine[0]).max()) > 0
+
+
+def test_engine_trains_a_module(x):
+    """``engine.run_module`` splits the module, trains its ``W`` and merges them back: the same
+    numbers as ``engine.run`` on ``to_params``; A and B unchanged; the input module unchanged."""
+    from localsgd import data as dt
+    from localsgd import engine as en
+
+    net = model.DeepReLUNet(8, 16, 2, 1, rngs=nnx.Rngs(params=2))
+    ds = dt.sphere(12, 8, 1, seed=0)
+    clients = dt.to_clients(ds.x, ds.y, [np.arange(6), np.arange(6, 12)])
+    cfg = en.RunConfig("local_gd", rounds=2, tau=2, eta=0.5)
+    out, trained = en.run_module(cfg, net, clients, jax.random.key(0))
+    ref = en.run(cfg, net.spec, model.to_params(net), clients, jax.random.key(0))
+    after = model.to_params(trained)
+    for a, b in zip(after["trainable"], ref.params["trainable"]):
+        np.testing.assert_array_equal(a, b)
+    for k in ("A", "B"):
+        np.testing.assert_array_equal(after["fixed"][k], model.to_params(net)["fixed"][k])
+    assert not np.array_equal(after["trainable"][0], model.to_params(net)["trainable"][0])
+    with pytest.raises(ValueError, match="params must hold 2 trained layers"):
+        model.merge(net, {"trainable": after["trainable"][:1]})

@@ -1,18 +1,20 @@
-"""Performance properties of localsgd.algorithms that can be checked without timing anything:
+"""Performance properties of localsgd.engine that can be checked without timing anything:
 what triggers a compilation, how the compiled program's memory depends on tau, and that the
-client layouts (``_client_loop``) and the hand-written backward pass give the numbers of the
+client layouts (``RunConfig.layout``) and the hand-written backward pass give the numbers of the
 straightforward formulation. Timings live in ``bench/run.py`` (``make bench``).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from localsgd import algorithms as al
 from localsgd import data as dt
+from localsgd import engine as al
 from localsgd import model
 
 D, M = 8, 16
@@ -83,8 +85,8 @@ def test_compilations_are_logged_once(clients, p0, caplog):
 
 def _temp_bytes(cfg, clients, p0) -> int:
     data = dt.ClientData(*(jnp.asarray(a) for a in clients))
-    lowered = al._train_jit.lower(cfg._static(), SPEC, jnp.float32(cfg.eta), p0, data,
-                                  jax.random.key(0), None, loop=al._client_loop())
+    lowered = al._train_jit.lower(cfg, SPEC, jnp.float32(cfg.eta), p0, data,
+                                  jax.random.key(0), None, layout=al.layout_for(cfg))
     return lowered.compile().memory_analysis().temp_size_in_bytes
 
 
@@ -110,13 +112,8 @@ def test_client_layouts_agree(clients, p0, algorithm):
     cfg = al.RunConfig(algorithm, rounds=3, tau=3, eta=0.2,
                        batch_size=2 if algorithm == "local_sgd" else None,
                        metrics=("loss", "client_loss", "drift"))
-    outs = {}
-    for loop in ("map", "vmap"):
-        al.CLIENT_LOOP = loop
-        try:
-            outs[loop] = al.run(cfg, SPEC, p0, clients, jax.random.key(3))
-        finally:
-            al.CLIENT_LOOP = None
+    outs = {loop: al.run(dataclasses.replace(cfg, layout=loop), SPEC, p0, clients,
+                         jax.random.key(3)) for loop in ("map", "vmap")}
     a, b = outs["map"], outs["vmap"]
     for k in a.metrics:
         np.testing.assert_allclose(a.metrics[k], b.metrics[k], rtol=1e-5, atol=1e-7)
@@ -125,8 +122,8 @@ def test_client_layouts_agree(clients, p0, algorithm):
 
 
 @pytest.mark.parametrize("algorithm, tau", [("local_sgd", 1), ("local_sgd", 3), ("local_gd", 2)])
-def test_clients_taken_together_change_no_number(clients, p0, monkeypatch, algorithm, tau):
-    """In the "map" layout the clients step ``CLIENTS_TOGETHER`` at a time (3 clients: groups of
+def test_clients_taken_together_change_no_number(clients, p0, algorithm, tau):
+    """In the "map" layout the clients step ``clients_together`` at a time (3 clients: groups of
     1, of 2 plus a remainder of 1, and of 3) and the average is summed as they finish: every
     grouping gives the same numbers, with and without the local models kept for the round-end
     metrics. The same up to float32 rounding, not bitwise: XLA may fuse a group's weighted sum
@@ -138,10 +135,8 @@ def test_clients_taken_together_change_no_number(clients, p0, monkeypatch, algor
                            batch_size=2 if algorithm == "local_sgd" else None)
         outs = []
         for G in (1, 2, 3):
-            monkeypatch.setattr(al, "CLIENTS_TOGETHER", G)
-            fn = jax.jit(lambda eta, p, d, k, cfg=cfg: al._train(cfg._static(), SPEC, eta, p, d,
-                                                                 k, loop="map"))
-            outs.append(fn(jnp.float32(cfg.eta), p0, data, jax.random.key(4)))
+            cg = dataclasses.replace(cfg, layout="map", clients_together=G)
+            outs.append(al.run(cg, SPEC, p0, data, jax.random.key(4)))
         for o in outs[1:]:
             for k in outs[0].metrics:
                 np.testing.assert_allclose(o.metrics[k], outs[0].metrics[k], rtol=1e-6, atol=1e-7)
@@ -154,8 +149,8 @@ def test_clients_taken_together_change_no_number(clients, p0, monkeypatch, algor
 @pytest.mark.parametrize("activation, arch", [("relu", "deep"), ("softplus", "deep"),
                                               ("gelu", "deep"), ("relu", "two_layer")])
 def test_handwritten_backward_equals_autodiff(activation, arch):
-    """``_backprop`` against ``jax.grad`` of ``model.weighted_loss``, and its fused update against
-    ``W - eta * grad``."""
+    """``model.backprop`` against ``jax.grad`` of ``model.weighted_loss``, and its fused update
+    against ``W - eta * grad``."""
     L = 1 if arch == "two_layer" else 3
     spec = model.NetSpec(arch, D, M, L, 3, activation)
     p = model.init(jax.random.key(1), spec)
@@ -165,9 +160,9 @@ def test_handwritten_backward_equals_autodiff(activation, arch):
     y = jax.random.normal(k2, (5, 3))
     w = jax.random.uniform(k3, (5,)).at[2].set(0.0)  # a padded sample
     auto = jax.grad(model.weighted_loss, argnums=1)(spec, p["trainable"], p["fixed"], f, y, w)
-    mine = al._backprop(spec, p["fixed"], p["trainable"], f, y, w)
-    stepped = al._backprop(spec, p["fixed"], p["trainable"], f, y, w,
-                           update=lambda a, g: a - 0.5 * g)
+    mine = model.backprop(spec, p["fixed"], p["trainable"], f, y, w)
+    stepped = model.backprop(spec, p["fixed"], p["trainable"], f, y, w,
+                             update=lambda l, a, g: a - 0.5 * g)
     for g0, g1, s, W in zip(auto, mine, stepped, p["trainable"]):
         np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(s, W - 0.5 * g0, rtol=1e-5, atol=1e-7)
@@ -184,7 +179,7 @@ def test_pick_equals_stable_argsort():
 def test_sweep_runs_equal_single_runs_bitwise_on_cpu(clients, p0):
     """On a CPU the sweep runs its runs in turn inside one program: each run's numbers are those
     of ``run``."""
-    if al._client_loop() != "map":
+    if al.layout_for(SGD) != "map":
         pytest.skip("the sweep vmaps its runs on this backend (equal to rounding only)")
     keys = jax.random.split(jax.random.key(8), 3)
     params = jax.vmap(lambda k: model.init(k, SPEC))(keys)

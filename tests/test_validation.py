@@ -148,7 +148,7 @@ CASES = [
                  id="metric-unknown"),
     pytest.param(exp_run(metrics="loss"), "metrics", "'loss'", ("tuple of names",),
                  id="metrics-a-string"),
-    pytest.param(exp_run(algorithm="fedprox"), "algorithm", "'fedprox'", ("local_sgd",),
+    pytest.param(exp_run(algorithm="fedavg"), "algorithm", "'fedavg'", ("local_sgd",),
                  id="algorithm-unknown"),
     pytest.param(exp_run(dataset="mnist"), "dataset", "'mnist'", ("sphere", "digits"),
                  id="dataset-unknown"),
@@ -200,7 +200,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(ex, "init_params", boom)
     monkeypatch.setattr(ex.theory, "ntk_step_size", boom)
-    monkeypatch.setattr(al, "sweep", boom)
+    monkeypatch.setattr("localsgd.engine.sweep", boom)
 
 
 @pytest.mark.parametrize("call, name, value, allowed", CASES)

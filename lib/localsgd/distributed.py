@@ -2,8 +2,8 @@
 
 Design: the clients' leading array axis is split over a one-dimensional device mesh whose axis
 is called ``clients``: device ``j`` of ``D`` holds clients ``j K/D .. (j+1) K/D - 1`` (their data
-and, during a round, their local models). The engine is :func:`localsgd.algorithms._train`
-itself, compiled once with every client-stacked input placed as
+and, during a round, their local models). The engine is :mod:`localsgd.engine`'s program
+itself (``layout="vmap"``), compiled once with every client-stacked input placed as
 ``NamedSharding(mesh, PartitionSpec("clients"))`` and everything else replicated; XLA's SPMD
 partitioner propagates that placement through the program, so
 
@@ -16,7 +16,7 @@ partitioner propagates that placement through the program, so
   stay sharded until the end of the run, when the result is gathered (replicated) so that every
   process holds all of it.
 
-The numbers equal :func:`localsgd.algorithms.run` and :func:`~localsgd.algorithms.sweep` with
+The numbers equal :func:`localsgd.engine.run` and :func:`~localsgd.engine.sweep` with
 the same inputs up to float32 rounding: each client's local steps are computed as on one device,
 but a sum over clients (the average, the global loss) adds per-device partial sums, in another
 order than one device does. The PRNG is partitionable (``jax_threefry_partitionable``, JAX's
@@ -72,7 +72,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import algorithms as al
+from . import config as cf
+from . import engine as en
 from .data import ClientData
 
 AXIS = "clients"
@@ -128,16 +129,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         if not 0 <= args["process_id"] < args["num_processes"]:
             raise ValueError(f"{ENV['process_id'][0]} must be in [0, {args['num_processes']}), "
                              f"got {args['process_id']}")
-    from jax._src import xla_bridge  # the public API has no query for this
-
-    if xla_bridge.backends_are_initialized():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {k: v for k, v in args.items() if v is not None}
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=int(timeout))
+    except RuntimeError as err:  # JAX refuses once its backends have started
         raise RuntimeError(
             "localsgd.distributed.initialize() must run before any JAX computation in this "
             "process: start it first (python -m localsgd.distributed ..., or import "
-            "localsgd.experiments before computing anything, with LOCALSGD_MESH=clients set)")
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs = {k: v for k, v in args.items() if v is not None}
-    jax.distributed.initialize(**kwargs, initialization_timeout=int(timeout))
+            f"localsgd.experiments before computing anything, with LOCALSGD_MESH=clients set) "
+            f"({err})") from err
     return jax.process_count() > 1
 
 
@@ -176,8 +177,7 @@ def client_mesh(devices=None, *, num_clients: int | None = None) -> Mesh:
         raise ValueError("devices must hold at least one device, got none")
     devs.sort(key=lambda d: (d.process_index, d.id))
     if num_clients is not None:
-        if not al._is_int(num_clients) or num_clients < 1:
-            raise ValueError(f"num_clients must be an integer >= 1, got {num_clients!r}")
+        cf.check_int("num_clients", num_clients, 1)
         D = len(devs)
         if num_clients % D and not explicit and jax.process_count() == 1:
             fit = max(d for d in range(1, D + 1) if num_clients % d == 0)
@@ -263,22 +263,27 @@ def _key_parts(keys):
     return keys, None
 
 
-def _train(static, spec, impl, eta, params0, data, key_data, start):
+def _train(config, spec, impl, eta, params0, data, key_data, start):
     key = key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl)
-    return al._train(static, spec, eta, params0, data, key, start)
+    # The batched layout: the clients axis is what the mesh shards.
+    return en._train(config, spec, eta, params0, data, key, start, layout="vmap")
 
 
-def _sweep(static, spec, impl, etas, params0, data, key_data, start):
+def _sweep(config, spec, impl, etas, params0, data, key_data, start):
     return jax.vmap(_train, in_axes=(None, None, None, 0, 0, None, 0, 0))(
-        static, spec, impl, etas, params0, data, key_data, start)
+        config, spec, impl, etas, params0, data, key_data, start)
 
 
 @functools.cache
 def _compiled(mesh: Mesh, batched: bool):
-    """One jitted program per mesh (its own compilation cache, apart from algorithms'). Results
+    """One jitted program per mesh (its own compilation cache, apart from the engine's). Results
     come back replicated: every process then holds all of them."""
     return jax.jit(_sweep if batched else _train, static_argnums=(0, 1, 2),
                    out_shardings=NamedSharding(mesh, P()))
+
+
+def _put_tree(tree, sharding):
+    return jax.tree.map(lambda a: _put(a, sharding), tree)
 
 
 def _inputs(mesh, batched, eta, params0, data, keys, start):
@@ -287,12 +292,12 @@ def _inputs(mesh, batched, eta, params0, data, keys, start):
     params0, key_data, eta = (jax.tree.map(lambda a: _put(a, rep), t)
                               for t in (params0, key_data, eta))
     if start is not None:
-        # The ever-flipped masks are per sample, (K, n_max, m) per layer: sharded like the data.
-        ever = None if start.ever is None else [_put(e, client_sharding(mesh, batched))
-                                                for e in start.ever]
-        start = al.TrainState(*(jax.tree.map(lambda a: _put(a, rep), t)
-                                for t in (start.trainable, start.diverged_at)),
-                              ever, _put(start.round, rep))
+        # The ever-flipped masks (per sample, (K, n_max, m) per layer) and the clients' states
+        # are per client: sharded like the data; the rest is replicated.
+        per_client = client_sharding(mesh, batched)
+        start = start._replace(**{
+            f: _put_tree(getattr(start, f), per_client if f in ("ever", "client_state") else rep)
+            for f in start._fields})
     return impl, eta, params0, data, key_data, start
 
 
@@ -304,47 +309,50 @@ def _local(out):
 
 
 def _check(config, spec, params0, data):
-    if not isinstance(config, al.RunConfig):
-        raise ValueError(f"config must be a RunConfig, got {type(config).__name__}")
-    al.check_inputs(config, spec, params0, _host_view(data))
+    en.check_inputs(config, spec, params0, _host_view(data))
 
 
-def lower(config: al.RunConfig, spec, params0: dict, data: ClientData, key,
-          mesh: Mesh | None = None, start: al.TrainState | None = None):
+def lower(config: cf.RunConfig, spec, params0: dict, data: ClientData, key,
+          mesh: Mesh | None = None, start: en.TrainState | None = None):
     """The lowered (not yet compiled) sharded program of :func:`run`, for inspection, e.g.
     ``lower(...).compile().as_text()`` is the partitioned HLO."""
     data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
-    args = _inputs(mesh, False, jnp.asarray(config.eta, jnp.float32), params0, data, key, start)
-    return _compiled(mesh, False).lower(config._static(), spec, *args)
+    args = _inputs(mesh, False, jnp.asarray(config.eta, config.dtype), params0, data, key, start)
+    return _compiled(mesh, False).lower(config, spec, *args)
 
 
-def run(config: al.RunConfig, spec, params0: dict, data: ClientData, key, mesh: Mesh | None = None,
-        start: al.TrainState | None = None) -> al.TrainOutput:
-    """:func:`localsgd.algorithms.run` with the clients sharded over ``mesh`` (default:
+def run(config: cf.RunConfig, spec, params0: dict, data: ClientData, key, mesh: Mesh | None = None,
+        start: en.TrainState | None = None) -> en.TrainOutput:
+    """:func:`localsgd.engine.run` with the clients sharded over ``mesh`` (default:
     :func:`client_mesh` for ``K`` clients). Same arguments and result (shapes included), equal up
     to float32 rounding; ``data`` may already be sharded (:func:`shard_clients`).
 
-    Raises ValueError for what ``algorithms.run`` refuses and for a ``K`` that is not a multiple
+    Raises ValueError for what ``engine.run`` refuses and for a ``K`` that is not a multiple
     of the mesh's devices. In a multi-process run every process calls it with the same arguments
     and gets the whole result.
     """
     _check(config, spec, params0, data)
-    data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
-    args = _inputs(mesh, False, jnp.asarray(config.eta, jnp.float32), params0, data, key, start)
-    return _local(_compiled(mesh, False)(config._static(), spec, *args))
+    with en.precision(config):
+        params0, data, start = en._prepare(config, params0, data, start)
+        data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
+        args = _inputs(mesh, False, jnp.asarray(config.eta, config.dtype), params0, data, key,
+                       start)
+        return _local(_compiled(mesh, False)(config, spec, *args))
 
 
-def sweep(config: al.RunConfig, spec, params0: dict, data: ClientData, keys, etas=None,
-          start: al.TrainState | None = None, mesh: Mesh | None = None) -> al.TrainOutput:
-    """:func:`localsgd.algorithms.sweep` (``S`` runs vmapped in one program) with the clients
+def sweep(config: cf.RunConfig, spec, params0: dict, data: ClientData, keys, etas=None,
+          start: en.TrainState | None = None, mesh: Mesh | None = None) -> en.TrainOutput:
+    """:func:`localsgd.engine.sweep` (``S`` runs vmapped in one program) with the clients
     sharded over ``mesh``; every device runs all ``S`` runs on its own clients. Same arguments and
     result, equal up to float32 rounding."""
     S = np.shape(keys)[0]
     _check(config, spec, jax.tree.map(lambda a: a[0], params0), data)
-    etas = al.sweep_etas(config, S, etas)
-    data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
-    args = _inputs(mesh, True, etas, params0, data, keys, start)
-    return _local(_compiled(mesh, True)(config._static(), spec, *args))
+    etas = en.sweep_etas(config, S, etas)
+    with en.precision(config):
+        params0, data, start = en._prepare(config, params0, data, start)
+        data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
+        args = _inputs(mesh, True, etas, params0, data, keys, start)
+        return _local(_compiled(mesh, True)(config, spec, *args))
 
 
 # -- command line ------------------------------------------------------------------------------

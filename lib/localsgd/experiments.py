@@ -3,7 +3,7 @@ provenance, and an on-disk cache keyed by the config and the library version.
 
 An :class:`Experiment` fixes the data, the network, the algorithm and the seeds. ``run`` draws
 ``seeds`` initialisations and PRNG keys and runs them all in one compiled program
-(:func:`localsgd.algorithms.sweep`); results live in ``$LOCALSGD_RESULTS/cache`` (default
+(:func:`localsgd.engine.sweep`); results live in ``$LOCALSGD_RESULTS/cache`` (default
 ``results/cache``), so a rebuilt book does not recompute an unchanged run.
 
 Reliability:
@@ -30,7 +30,6 @@ import functools
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import time
@@ -42,8 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__, model, theory
-from . import algorithms as al
+from . import config as cf
 from . import data as dt
+from . import engine as en
 from .store import results_dir, write_bytes_atomic
 
 DATASETS = ("sphere", "digits", "idx")
@@ -65,8 +65,10 @@ class Experiment:
 
     Network: ``arch``, ``m``, ``L``, ``activation`` (see :class:`localsgd.model.NetSpec`).
 
-    Run: ``algorithm``, ``rounds``, ``tau``, ``eta``, ``batch_size``, ``eval_every``, ``metrics``
-    (see :class:`localsgd.algorithms.RunConfig`); ``eta_rule``: ``"fixed"`` uses ``eta`` as the
+    Run: ``algorithm``, ``rounds``, ``tau``, ``eta``, ``batch_size``, ``eval_every``, ``metrics``,
+    ``prox_mu`` (FedProx's ``mu``) and ``dtype`` (``"float32"`` or ``"float64"``: the weights,
+    the step size and the clients' averaging weights in that dtype), see
+    :class:`localsgd.config.RunConfig`; ``eta_rule``: ``"fixed"`` uses ``eta`` as the
     step size, ``"ntk"`` uses ``eta * n / lambda_max(G_0)`` per seed (``eta`` is then a fraction
     of the linearised model's critical step ``2 n / lambda_max``, so it must be below 2).
 
@@ -105,37 +107,28 @@ class Experiment:
     seeds: int = 1
     seed: int = 0
     checkpoint_every: int = 0
+    prox_mu: float = 0.0
+    dtype: str = "float32"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # NumPy scalars as Python ones (JSON, the cache key)
             v = getattr(self, f.name)
             if isinstance(v, np.integer | np.floating):
                 object.__setattr__(self, f.name, v.item())
-        if not isinstance(self.metrics, (tuple, list)):
-            raise ValueError(
-                f"metrics must be a tuple of names from {tuple(al.METRICS)}, got {self.metrics!r}"
-            )
-        object.__setattr__(self, "metrics", tuple(self.metrics))
-        if (
-            isinstance(self.eta, bool)
-            or not isinstance(self.eta, (int, float, np.integer, np.floating))
-            or not (math.isfinite(self.eta) and self.eta > 0)
-        ):
-            raise ValueError(f"eta must be a positive finite number, got {self.eta!r}")
+        object.__setattr__(self, "metrics", cf.check_metrics(self.metrics))
+        cf.check_choice("dtype", self.dtype, cf.DTYPES)
         # Floats as floats, so that eta=1 and eta=1.0 share a cache key.
-        object.__setattr__(self, "eta", float(self.eta))
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        object.__setattr__(self, "eta", cf.check_float("eta", self.eta, dtype=self.dtype))
+        cf.check_choice("dataset", self.dataset, DATASETS)
         for name, low in (
             ("n", 0 if self.dataset != "sphere" else 2),
             ("num_clients", 1),
             ("data_seed", 0),
             ("seeds", 1),
-            ("seed", 0),
         ):
-            v = getattr(self, name)
-            if not al._is_int(v) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+            object.__setattr__(self, name, cf.check_int(name, getattr(self, name), low))
+        # Seeds seed .. seed + seeds - 1 must be valid PRNG seeds (int32).
+        cf.check_int("seed", self.seed, 0, cf.INT32_MAX - self.seeds + 1)
         if self.dataset == "sphere" and self.num_clients > self.n:
             raise ValueError(f"num_clients must be at most n={self.n}, got {self.num_clients!r}")
         if self.dataset == "idx":
@@ -147,25 +140,11 @@ class Experiment:
                     )
             object.__setattr__(self, "idx_images", str(self.idx_images))
             object.__setattr__(self, "idx_labels", str(self.idx_labels))
-        if self.targets not in dt.TARGETS:
-            raise ValueError(f"targets must be one of {dt.TARGETS}, got {self.targets!r}")
-        if self.partition not in dt.PARTITIONS:
-            raise ValueError(f"partition must be one of {dt.PARTITIONS}, got {self.partition!r}")
-        if (
-            isinstance(self.alpha, bool)
-            or not isinstance(self.alpha, (int, float))
-            or not (math.isfinite(self.alpha) and self.alpha > 0)
-        ):
-            raise ValueError(f"alpha must be a positive finite number, got {self.alpha!r}")
-        object.__setattr__(self, "alpha", float(self.alpha))
-        if self.delta is not None and (
-            isinstance(self.delta, bool)
-            or not isinstance(self.delta, (int, float))
-            or not 0 < self.delta <= 1
-        ):
-            raise ValueError(f"delta must be a number in (0, 1] or None, got {self.delta!r}")
+        cf.check_choice("targets", self.targets, dt.TARGETS)
+        cf.check_choice("partition", self.partition, dt.PARTITIONS)
+        object.__setattr__(self, "alpha", cf.check_float("alpha", self.alpha))
         if self.delta is not None:
-            object.__setattr__(self, "delta", float(self.delta))
+            object.__setattr__(self, "delta", cf.check_float("delta", self.delta, 0.0, 1.0))
         if (
             self.dataset == "sphere"
             and self.partition == "shards"
@@ -175,20 +154,15 @@ class Experiment:
                 f"num_clients must be at most n/2={self.n // 2} with partition='shards' (two "
                 f"label-sorted shards per client), got {self.num_clients!r}"
             )
-        if self.eta_rule not in ETA_RULES:
-            raise ValueError(f"eta_rule must be one of {ETA_RULES}, got {self.eta_rule!r}")
-        self.run_config()  # validates algorithm, rounds, tau, eta, batch_size, eval_every, metrics
+        cf.check_choice("eta_rule", self.eta_rule, ETA_RULES)
+        self.run_config()  # validates algorithm, rounds, tau, batch_size, eval_every, prox_mu
         self.net_spec()  # validates arch, m, L, activation and the sizes
         if self.dataset == "sphere" and self.d < 3:
             raise ValueError(
                 f"d must be an integer >= 3 for dataset='sphere' (the last coordinate is "
                 f"fixed), got {self.d!r}"
             )
-        ce = self.checkpoint_every
-        if not al._is_int(ce) or ce < 0:
-            raise ValueError(
-                f"checkpoint_every must be an integer >= 0 (0: no checkpoints), got {ce!r}"
-            )
+        ce = cf.check_int("checkpoint_every", self.checkpoint_every, 0)
         if ce and (self.rounds % ce or ce % self.eval_every):
             raise ValueError(
                 f"checkpoint_every must divide rounds={self.rounds} and be a multiple of "
@@ -206,16 +180,18 @@ class Experiment:
             self.arch, d or self.d, self.m, self.L, d_out or self.d_out, self.activation
         )
 
-    def run_config(self, eta: float | None = None) -> al.RunConfig:
+    def run_config(self, eta: float | None = None) -> cf.RunConfig:
         eta = self.eta if eta is None else eta
-        return al.RunConfig(
-            self.algorithm,
-            self.rounds,
-            self.tau,
-            float(eta),
-            self.batch_size,
-            self.eval_every,
-            self.metrics,
+        return cf.RunConfig(
+            algorithm=self.algorithm,
+            rounds=self.rounds,
+            tau=self.tau,
+            eta=float(eta),
+            batch_size=self.batch_size,
+            eval_every=self.eval_every,
+            metrics=self.metrics,
+            prox_mu=self.prox_mu,
+            dtype=self.dtype,
         )
 
     def replace(self, **changes) -> Experiment:
@@ -233,7 +209,9 @@ class Experiment:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-_COMPUTING_MODULES = ("algorithms", "data", "diagnostics", "experiments", "model", "theory")
+_COMPUTING_MODULES = (
+    "algorithms", "config", "data", "diagnostics", "engine", "experiments", "model", "theory"
+)
 
 
 @functools.cache
@@ -283,9 +261,11 @@ class Result:
         if not self.diverged:
             return None
         s = int(np.argmax(self.diverged_at >= 0))
+        why = self.provenance.get("diverged_why") or [en.WHY[1]] * len(self.diverged_at)
         cfg = self.config.run_config(float(self.eta[s]))
         return (
-            al.divergence_message(cfg, int(self.diverged_at[s])) + f" (seed {self.config.seed + s})"
+            en.divergence_message(cfg, int(self.diverged_at[s]), en.WHY.index(why[s]))
+            + f" (seed {self.config.seed + s})"
         )
 
 
@@ -414,25 +394,11 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     cfg = exp.run_config()
     # What only the data decides (batch_size against the smallest client), before any work.
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
-    al.check_inputs(cfg, spec, shapes, clients)
-    params0, keys = init_params(exp, spec)
-    x_all = jnp.asarray(clients.x[clients.mask > 0])
-    if exp.eta_rule == "ntk":
-        etas = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))(params0)
-    else:
-        etas = jnp.full((exp.seeds,), exp.eta, jnp.float32)
-    etas = np.asarray(etas)
-    out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas)
+    en.check_inputs(cfg, spec, shapes, clients)
+    with en.precision(cfg):
+        out, metrics, rounds, resumed, etas, test_metrics = _compute(exp, cfg, spec, clients, test)
     metrics, diverged_at = _stop_at_divergence(metrics, rounds, np.asarray(out.diverged_at))
-    test_metrics = {}
-    if test is not None:
-        preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x)))(out.params)
-        test_metrics["accuracy"] = np.asarray(
-            jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1)
-        )
-        test_metrics["loss"] = np.asarray(
-            jnp.mean(0.5 * jnp.sum((preds - test.y) ** 2, -1), axis=-1)
-        )
+    why = np.where(diverged_at >= 0, np.maximum(np.asarray(out.diverged_why), 1), 0)
     res = Result(
         config=exp,
         metrics=metrics,
@@ -442,6 +408,7 @@ def run(exp: Experiment, cache: bool = True) -> Result:
         test=test_metrics,
         provenance=_provenance(exp, time.perf_counter() - t0, resumed),
     )
+    res.provenance["diverged_why"] = [en.WHY[int(w)] for w in why]
     if cache:
         _store(path, res)
     if exp.checkpoint_every:
@@ -449,13 +416,41 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     return res
 
 
+def _compute(exp, cfg, spec, clients, test):
+    """The initialisations, step sizes and the run itself, in ``exp.dtype`` (the clients'
+    averaging weights ``n_k / n`` recomputed in it); test metrics where there is a test split."""
+    dtype = jnp.dtype(exp.dtype)
+    if dtype != clients.weight.dtype:
+        mask = np.asarray(clients.mask, dtype)
+        clients = clients._replace(weight=mask.sum(axis=1) / mask.sum())
+    params0, keys = init_params(exp, spec)
+    params0 = jax.tree.map(lambda a: a.astype(dtype), params0)
+    x_all = jnp.asarray(clients.x[clients.mask > 0], dtype)
+    if exp.eta_rule == "ntk":
+        etas = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))(params0)
+    else:
+        etas = jnp.full((exp.seeds,), exp.eta, dtype)
+    etas = np.asarray(etas)
+    out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas)
+    test_metrics = {}
+    if test is not None:
+        preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x, dtype)))(out.params)
+        test_metrics["accuracy"] = np.asarray(
+            jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1)
+        )
+        test_metrics["loss"] = np.asarray(
+            jnp.mean(0.5 * jnp.sum((preds - test.y) ** 2, -1), axis=-1)
+        )
+    return out, metrics, rounds, resumed, etas, test_metrics
+
+
 def _sweep_fn(exp):
-    """``algorithms.sweep``, or with ``LOCALSGD_MESH=clients`` the same sweep with the clients
+    """``engine.sweep``, or with ``LOCALSGD_MESH=clients`` the same sweep with the clients
     sharded over every device of every process (:mod:`localsgd.distributed`; the numbers agree
     up to float32 rounding)."""
     mesh = os.environ.get("LOCALSGD_MESH", "")
     if mesh in ("", "none"):
-        return al.sweep
+        return en.sweep
     if mesh != "clients":
         raise ValueError(f"LOCALSGD_MESH must be 'clients', 'none' or unset, got {mesh!r}")
     from . import distributed
@@ -482,7 +477,7 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
     state, parts, done = None, [], 0
     if exp.checkpoint_every:
         saved = _load_checkpoint(
-            ckpt, exp, etas, lambda: al.sweep(chunk, spec, params0, clients, keys, etas).state
+            ckpt, exp, etas, lambda: en.sweep(chunk, spec, params0, clients, keys, etas).state
         )
         if saved is not None:
             state, metrics, rounds, done = saved
@@ -523,26 +518,27 @@ def _concat(parts):
 
 
 def _stop_at_divergence(metrics, rounds, diverged_at):
-    """Marks a seed diverged at the first recorded round with a non-finite metric (the weights
-    can stay finite while the loss overflows) and holds every metric at its last finite record
-    from there on, so that the returned metrics are finite. Ratios (``pl_ratio``, ``*_rel``) are
-    not signals: they are 0/0 where a loss or a gradient vanishes."""
+    """Holds every metric of a diverged seed at its last record before the divergence round, so
+    that the returned metrics show no value of the weights the run was stopped at, whichever
+    metrics were recorded. (The engine's guard marks a run diverged when its loss, computed
+    whatever is recorded, or any recorded value is non-finite; a non-finite record that it could
+    not see marks the run here, at that record's round.)"""
     metrics = {k: np.array(v) for k, v in metrics.items()}
     diverged_at = np.array(diverged_at)
     S, E = diverged_at.shape[0], len(rounds)
     bad = np.zeros((S, E), bool)
-    for k, v in metrics.items():
-        if k != "pl_ratio" and not k.endswith("_rel"):
-            bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
+    for v in metrics.values():
+        bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
     for s in range(S):
         hits = np.flatnonzero(bad[s])
-        if hits.size == 0 or hits[0] == 0:
+        if hits.size and hits[0] > 0 and (diverged_at[s] < 0 or rounds[hits[0]] < diverged_at[s]):
+            diverged_at[s] = rounds[hits[0]]
+        if diverged_at[s] < 0:
             continue
-        e = hits[0]
-        if diverged_at[s] < 0 or rounds[e] < diverged_at[s]:
-            diverged_at[s] = rounds[e]
-        for v in metrics.values():
-            v[s, e:] = v[s, e - 1]
+        e = int(np.searchsorted(rounds, diverged_at[s]))
+        if 0 < e < E:
+            for v in metrics.values():
+                v[s, e:] = v[s, e - 1]
     return metrics, diverged_at
 
 
