@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from localsgd import algorithms as al
+from localsgd import engine
 from localsgd import data
 from localsgd import experiments as ex
 from localsgd.claims import all_hold
@@ -42,8 +42,8 @@ def test_negative_control_09_heterogeneity_no_averaging(skews, monkeypatch):
     # The server keeps client 0's model instead of averaging: on skewed clients it never learns
     # the other clients' classes.
     jax.clear_caches()
-    monkeypatch.setattr(al, "CLIENT_LOOP", "vmap")  # the layout whose server step is _average
-    monkeypatch.setattr(al, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
+    monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
+    monkeypatch.setattr(engine, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
     try:
         checks = ch.heterogeneity(skews, *_runs(), EPS)
     finally:
