@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd import algorithms as al
+from localsgd import engine
 from localsgd import experiments as ex
 from localsgd import theory
 from localsgd.claims import all_hold
@@ -70,8 +70,8 @@ def test_communication_checks_hold_on_a_correct_run(correct):
 
 def test_negative_control_08_communication_no_averaging(correct, monkeypatch, fresh_traces):
     # The server keeps client 0's model instead of averaging: the clients never combine.
-    monkeypatch.setattr(al, "CLIENT_LOOP", "vmap")  # the layout whose server step is _average
-    monkeypatch.setattr(al, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
+    monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
+    monkeypatch.setattr(engine, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
     shrinking, fixed = _sweeps()
     checks = _checks(shrinking, fixed, *correct[2:])
     assert not all_hold(checks)
