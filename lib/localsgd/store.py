@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +80,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return re.sub(r"[^A-Za-z0-9-]", "-", platform.node()) or "host"
 
 
 def _temp_prefix(path: Path) -> str:
