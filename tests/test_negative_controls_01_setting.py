@@ -24,7 +24,7 @@ def _norms():
         exp = experiments.Experiment(n=N, d=D, m=m, L=L, seeds=4)
         spec = exp.net_spec()
         params0, _ = experiments.init_params(exp, spec)
-        norms = jax.vmap(lambda p, s=spec: diagnostics.forward_norms(s, p, x))(params0)
+        norms = jax.jit(jax.vmap(lambda p, s=spec: diagnostics.forward_norms(s, p, x)))(params0)
         out.append(np.asarray(norms))
     return np.stack(out)
 
