@@ -12,8 +12,8 @@ from localsgd import model
 from localsgd.claims import all_hold
 from localsgd.claims import width_threshold as wt
 
-WIDTHS = [4, 16, 64]
-NS = [4, 16]
+WIDTHS = [16, 32, 64, 128]
+NS = [8, 32]
 SEEDS = 4
 LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
 
@@ -21,8 +21,8 @@ LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
 def _diagram():
     """Success over ``WIDTHS`` x ``NS`` (delta fixed) and the chapter's checks on it."""
     base = ex.Experiment(
-        dataset="sphere", d=16, delta=0.3, num_clients=2, arch="deep", L=1, algorithm="local_gd",
-        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=150, eval_every=10,
+        dataset="sphere", d=32, delta=0.3, num_clients=4, arch="deep", L=1, algorithm="local_gd",
+        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=600, eval_every=10,
         metrics=("loss", "dist", "flips"),
     )
     res = ex.run_grid([base.replace(n=n, m=m) for n in NS for m in WIDTHS], cache=False)
