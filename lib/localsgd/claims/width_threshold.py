@@ -11,6 +11,8 @@ against the log of that variable, with a bootstrap interval (:func:`threshold_gr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import optimize
 
@@ -94,7 +96,8 @@ def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, level:
                           else np.diff(np.log(b[:, 0]))[0] / np.diff(np.log(x))[0])
     boot = np.array(boot)  # (B, R, 2)
     q = [50 * (1 - level), 50 * (1 + level)]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a row never bracketed gives an all-nan slice: nan
+        warnings.simplefilter("ignore", RuntimeWarning)
         ci = np.nanpercentile(boot, q, axis=0)  # (2, R, 2)
     ok = np.all(np.isfinite(fits[:, 0]))
     point = np.nan
