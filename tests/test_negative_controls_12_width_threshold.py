@@ -14,7 +14,7 @@ from localsgd.claims import width_threshold as wt
 
 WIDTHS = [16, 32, 64, 128]
 NS = [8, 32]
-SEEDS = 4
+SEEDS = 6
 LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
 
 

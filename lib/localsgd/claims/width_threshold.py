@@ -61,9 +61,10 @@ def fit_threshold(widths, successes, trials) -> tuple[float, float]:
 
 
 def _bootstrap_grid(successes, trials, rng):
-    """Resample every cell's runs (binomially, at its observed fraction)."""
+    """Resample every cell's runs binomially, at its fraction shrunk by the same prior as the fit
+    (half a success and half a failure), so that a cell at 0 or 1 still varies."""
     s, t = np.asarray(successes), np.asarray(trials)
-    return rng.binomial(t, s / np.maximum(t, 1))
+    return rng.binomial(t, (s + 0.5) / (t + 1.0))
 
 
 def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, level: float = 0.95,
