@@ -57,7 +57,7 @@ def fit_threshold(widths, successes, trials) -> tuple[float, float]:
     res = optimize.minimize(_negloglik, start, args=(logm, k, t), method="Nelder-Mead",
                             options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
     centre, slope = res.x
-    return float(np.exp(centre)), float(slope)
+    return float(np.exp(np.clip(centre, -50.0, 50.0))), float(slope)
 
 
 def _bootstrap_grid(successes, trials, rng):
