@@ -12,28 +12,28 @@ from localsgd import model
 from localsgd.claims import all_hold
 from localsgd.claims import width_threshold as wt
 
-WIDTHS = [4, 16, 64]
-NS = [4, 16]
-SEEDS = 4
+WIDTHS = [16, 32, 64, 128]
+DELTAS = [0.6, 0.15]
+SEEDS = 8
 LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
 
 
 def _diagram():
-    """Success over ``WIDTHS`` x ``NS`` (delta fixed) and the chapter's checks on it."""
+    """Success over ``WIDTHS`` x ``DELTAS`` (n = 16) and the chapter's checks on it."""
     base = ex.Experiment(
-        dataset="sphere", d=16, delta=0.3, num_clients=2, arch="deep", L=1, algorithm="local_gd",
-        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=150, eval_every=10,
+        dataset="sphere", n=16, d=32, num_clients=4, arch="deep", L=1, algorithm="local_gd",
+        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=600, eval_every=10,
         metrics=("loss", "dist", "flips"),
     )
-    res = ex.run_grid([base.replace(n=n, m=m) for n in NS for m in WIDTHS], cache=False)
-    shape = (len(NS), len(WIDTHS), SEEDS, -1)
+    res = ex.run_grid([base.replace(delta=v, m=m) for v in DELTAS for m in WIDTHS], cache=False)
+    shape = (len(DELTAS), len(WIDTHS), SEEDS, -1)
     loss, mv, fl = (np.stack([r.metrics[k] for r in res]).reshape(shape)
                     for k in ("loss", "dist_rel", "flips"))
     ok = wt.success(loss, mv, fl, **LIMITS)
     k = ok.sum(-1)
-    growth = wt.threshold_growth(np.array(NS, float), WIDTHS, k, np.full_like(k, SEEDS),
+    growth = wt.threshold_growth(1 / np.array(DELTAS), WIDTHS, k, np.full_like(k, SEEDS),
                                  bootstrap=100)
-    return wt.checks({"n": growth}, {"n": ok.mean(-1)}, narrow_max=0.25, wide_min=0.75)
+    return wt.checks({"1/δ": growth}, {"1/δ": ok.mean(-1)}, narrow_max=0.25, wide_min=0.75)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ against the log of that variable, with a bootstrap interval (:func:`threshold_gr
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import optimize
 
@@ -55,13 +57,14 @@ def fit_threshold(widths, successes, trials) -> tuple[float, float]:
     res = optimize.minimize(_negloglik, start, args=(logm, k, t), method="Nelder-Mead",
                             options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
     centre, slope = res.x
-    return float(np.exp(centre)), float(slope)
+    return float(np.exp(np.clip(centre, -50.0, 50.0))), float(slope)
 
 
 def _bootstrap_grid(successes, trials, rng):
-    """Resample every cell's runs (binomially, at its observed fraction)."""
+    """Resample every cell's runs binomially, at its fraction shrunk by the same prior as the fit
+    (half a success and half a failure), so that a cell at 0 or 1 still varies."""
     s, t = np.asarray(successes), np.asarray(trials)
-    return rng.binomial(t, s / np.maximum(t, 1))
+    return rng.binomial(t, (s + 0.5) / (t + 1.0))
 
 
 def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, level: float = 0.95,
@@ -94,7 +97,8 @@ def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, level:
                           else np.diff(np.log(b[:, 0]))[0] / np.diff(np.log(x))[0])
     boot = np.array(boot)  # (B, R, 2)
     q = [50 * (1 - level), 50 * (1 + level)]
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a row never bracketed gives an all-nan slice: nan
+        warnings.simplefilter("ignore", RuntimeWarning)
         ci = np.nanpercentile(boot, q, axis=0)  # (2, R, 2)
     ok = np.all(np.isfinite(fits[:, 0]))
     point = np.nan
