@@ -680,3 +680,28 @@ def test_dead_network_is_reported(p0, unequal):
     assert int(out.diverged_at) == 1 and en.WHY[int(out.diverged_why)] == "all units dead"
     msg = en.divergence_message(en.RunConfig("local_gd", rounds=2, eta=0.1), 1, out.diverged_why)
     assert "inactive on every sample" in msg and "Lower eta" in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# Client optimisers as Optax transformations
+
+
+@pytest.mark.parametrize("layout", ["map", "vmap"])
+def test_optax_sgd_client_equals_the_fused_update(p0, unequal, layout):
+    """An entry whose client optimiser is ``optax.sgd(eta)`` gives Local SGD's numbers (to
+    float32 rounding: the update is applied after the whole gradient, not fused per layer)."""
+    import optax
+
+    name = "local_sgd_optax_test"
+    if name not in algs.REGISTRY:
+        algs.register(algs.Algorithm(name, stochastic=True,
+                                     optimizer=lambda eta, config: optax.sgd(eta)))
+    key = jax.random.key(1)
+    kw = dict(rounds=3, tau=3, eta=0.3, batch_size=B, layout=layout)
+    via_optax = en.run(en.RunConfig(name, **kw), SPEC, p0, unequal, key)
+    fused = en.run(en.RunConfig("local_sgd", **kw), SPEC, p0, unequal, key)
+    for a, b in zip(_leaves(via_optax), _leaves(fused)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(via_optax.metrics["loss"], fused.metrics["loss"], rtol=1e-5)
+    momentum = en.run(en.RunConfig("local_sgd_momentum", **kw), SPEC, p0, unequal, key)
+    assert _max_diff(_leaves(momentum), _leaves(fused)) > 1e-3  # momentum does change the run

@@ -34,6 +34,9 @@ Entries:
   ``k`` keeps a control variate ``c_k`` (zero at the start) and steps
   ``W_k <- W_k - eta * (grad F_k^B(W_k) - c_k + c)`` with ``c = sum_k (n_k / n) c_k``; at the
   round's end ``c_k <- c_k - c + (W_bar - W_k) / (tau * eta)``.
+* ``local_sgd_momentum``: Local SGD whose clients step with heavy-ball momentum 0.9
+  (``optax.sgd(eta, momentum=0.9)``), the momentum started afresh every round: an example of a
+  client optimiser given as an Optax transformation.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def sgd_update(eta, config, W, g, ctx):
@@ -65,6 +69,9 @@ class Algorithm:
       fields: the config fields, beyond the common ones, that the entry reads.
       client_update, client_context, init_state, finish, server_state: the parts (module
         docstring); None where the entry has none.
+      optimizer: instead of ``client_update``, a client optimiser as an Optax transformation,
+        ``(eta, config) -> optax.GradientTransformation``, whose state starts afresh every
+        round; None for the fused, in-place update (the fast path, for SGD-like updates).
     """
 
     name: str
@@ -78,6 +85,7 @@ class Algorithm:
     init_state: Callable | None = None
     finish: Callable | None = None
     server_state: Callable | None = None
+    optimizer: Callable | None = None
 
     @property
     def stateful(self) -> bool:
@@ -122,6 +130,10 @@ def _prox_update(eta, config, W, g, Wbar_l):
 # -- SCAFFOLD ----------------------------------------------------------------------------------
 
 
+def _client_momentum(eta, config):
+    return optax.sgd(eta, momentum=0.9)
+
+
 def _scaffold_init(W0):
     return tuple(jnp.zeros_like(w) for w in W0)
 
@@ -149,6 +161,7 @@ register(Algorithm("fedprox", stochastic=True, fields=("prox_mu",), client_updat
 register(Algorithm("scaffold", stochastic=True, client_update=_scaffold_update,
                    client_context=_scaffold_context, init_state=_scaffold_init,
                    finish=_scaffold_finish, server_state=_average))
+register(Algorithm("local_sgd_momentum", stochastic=True, optimizer=_client_momentum))
 
 ALGORITHMS = tuple(REGISTRY)
 STOCHASTIC = tuple(a.name for a in REGISTRY.values() if a.stochastic)

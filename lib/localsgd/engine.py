@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from . import algorithms as algs
 from . import diagnostics as dg
@@ -197,9 +198,30 @@ def _context(cfg, spec, eta, fixed, data) -> _Run:
     return _Run(cfg, alg, spec, fixed, feats, client_w, train, data, eta)
 
 
+def _start_client(run: _Run, Wbar):
+    """What a client carries through its local steps: its model, and with an Optax optimiser
+    also the optimiser's state, started afresh every round."""
+    if run.alg.optimizer is None:
+        return Wbar
+    return Wbar, run.alg.optimizer(run.eta, run.cfg).init(Wbar)
+
+
+def _model_of(run: _Run, carry):
+    return carry if run.alg.optimizer is None else carry[0]
+
+
 def _client_step(run: _Run, W, f, y, w, ctx):
-    """One local step of one client: ``W`` the client's layers, ``(f, y, w)`` its batch, ``ctx``
-    what the algorithm's ``client_context`` gave it for this round (per layer, or None)."""
+    """One local step of one client: ``W`` what the client carries (:func:`_start_client`),
+    ``(f, y, w)`` its batch, ``ctx`` what the algorithm's ``client_context`` gave it for this
+    round (per layer, or None). Plain SGD-like updates are fused into the backward pass, each
+    layer updated in place as soon as its gradient is known; an Optax optimiser takes the whole
+    gradient."""
+    if run.alg.optimizer is not None:
+        W, opt_state = W
+        g = model.backprop(run.spec, run.fixed, W, f, y, w)
+        updates, opt_state = run.alg.optimizer(run.eta, run.cfg).update(g, opt_state, W)
+        return optax.apply_updates(W, updates), opt_state
+
     def update(l, Wl, gl):
         return run.alg.client_update(run.eta, run.cfg, Wl, gl, None if ctx is None else ctx[l])
 
@@ -262,7 +284,8 @@ def _local_phase(run: _Run, Wbar, states, rkey, layout):
     def step(Ws, idx_t):
         return step_all(Ws, *_batch(run, idx_t), ctx), None
 
-    Ws, _ = jax.lax.scan(step, _broadcast(Wbar, K), idx, length=cfg.tau)
+    Ws, _ = jax.lax.scan(step, _broadcast(_start_client(run, Wbar), K), idx, length=cfg.tau)
+    Ws = _model_of(run, Ws)
     return _average(run.train.weight, Ws), Ws, _finish_all(run, Wbar, Ws, states)
 
 
@@ -321,9 +344,10 @@ def _clients_together(run: _Run, Wbar, server, shared, acc, groups):
         xs = None if sk is None else jnp.swapaxes(sk, 0, 1)  # (tau, G, n_max)
         # The first step apart: it reads Wbar and writes the clients' own models, where a
         # loop starting from Wbar would first copy it once per client.
-        Ws = step((Wbar,) * G, None if xs is None else xs[0])[0]
+        Ws = step((_start_client(run, Wbar),) * G, None if xs is None else xs[0])[0]
         rest = None if xs is None else xs[1:]
         Ws = jax.lax.scan(step, Ws, rest, length=tau - 1)[0]
+        Ws = tuple(_model_of(run, c) for c in Ws)
         for g in range(G):
             acc = jax.tree.map(lambda a, Wg, g=g: a + weight[g] * Wg, acc, Ws[g])
         new_states = None
