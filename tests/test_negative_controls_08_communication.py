@@ -7,9 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd import engine
+from localsgd import engine, theory
 from localsgd import experiments as ex
-from localsgd import theory
 from localsgd.claims import all_hold
 from localsgd.claims import communication as cc
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from localsgd import engine
-from localsgd import data
+from localsgd import data, engine
 from localsgd import experiments as ex
 from localsgd.claims import all_hold
 from localsgd.claims import heterogeneity as ch

@@ -388,8 +388,10 @@ def _guard_losses(run: _Run, W):
     for Wl in W:
         h = phi(h @ Wl.T)
     r = h @ run.fixed["B"].T - run.train.y.reshape(-1, run.train.y.shape[-1])
-    real = run.train.mask.reshape(-1, 1) > 0
-    dead = jnp.all(jnp.where(real, h == 0, True))
+    # Active units per sample, also as a product with a ones vector (not a reduction over the
+    # layer's output, which XLA:CPU would fuse into the product's slow path).
+    active = (h != 0).astype(h.dtype) @ jnp.ones((h.shape[-1],), h.dtype)
+    dead = jnp.all(jnp.where(run.train.mask.reshape(-1) > 0, active == 0, True))
     return 0.5 * ((r * r) @ jnp.ones((r.shape[-1],), r.dtype)), dead
 
 
