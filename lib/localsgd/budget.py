@@ -1,9 +1,9 @@
-"""Sizes a run before it starts: the integer bounds the compiled program can index, and an
-estimate of the memory a run needs, checked against what the machine has.
+"""Sizes a run before it starts: an estimate of the memory a run needs, checked against what the
+machine has. (The integer bounds the compiled program can index are checked with every other
+field, by :func:`localsgd.config.check_int`.)
 
-Both refuse with a ValueError naming the field to change, before any work: :func:`check_bounds`
-when a config is built, :func:`check_memory` once the data's sizes are known (right after loading
-it, before any network is initialised).
+:func:`check_memory` refuses with a ValueError naming the field to change, before any work: once
+the data's sizes are known (right after loading it, before any network is initialised).
 
 The estimate counts the arrays a run holds at its peak, in float32 (4 bytes a value):
 
@@ -32,49 +32,9 @@ import os
 
 import jax
 
-__all__ = ["INT32_MAX", "MAX_LAYERS", "available_bytes", "check_bounds", "check_memory",
-           "estimate"]
+__all__ = ["available_bytes", "check_memory", "estimate"]
 
-INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
-# The layers are a Python loop, unrolled into the compiled program: its size and compile time
-# grow with L.
-MAX_LAYERS = 1000
 _F32 = 4
-
-
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def check_bounds(exp) -> None:
-    """Refuses integer fields of an :class:`localsgd.experiments.Experiment` that the compiled
-    program cannot index: round numbers, step counts, sample and seed indices are int32 in the
-    program, the PRNG seeds int64, and every layer is unrolled. Runs after the fields' own checks
-    (so they are integers)."""
-    for name in ("n", "d", "d_out", "m", "num_clients", "tau", "eval_every", "batch_size",
-                 "seeds", "checkpoint_every"):
-        v = getattr(exp, name)
-        if _int(v) and v > INT32_MAX:
-            raise ValueError(
-                f"{name} must be at most {INT32_MAX} (the compiled program indexes it in int32), "
-                f"got {v!r}"
-            )
-    if _int(exp.L) and exp.L > MAX_LAYERS:
-        raise ValueError(
-            f"L must be at most {MAX_LAYERS} (every layer is unrolled into the compiled "
-            f"program), got {exp.L!r}"
-        )
-    if _int(exp.rounds) and exp.rounds > INT32_MAX - 1:
-        raise ValueError(
-            f"rounds must be at most {INT32_MAX - 1} (the compiled program numbers the rounds, "
-            f"and the minibatch keys by round, in int32), got {exp.rounds!r}"
-        )
-    if _int(exp.seed) and _int(exp.seeds) and exp.seed + exp.seeds - 1 > INT64_MAX:
-        raise ValueError(
-            f"seed must be at most {INT64_MAX - exp.seeds + 1} with seeds={exp.seeds} (the "
-            f"seeds seed, ..., seed + seeds - 1 are int64 PRNG seeds), got {exp.seed!r}"
-        )
 
 
 def sizes(exp, n: int, d: int, d_out: int, n_max: int | None = None) -> dict:

@@ -38,6 +38,9 @@ LAYOUTS = ("auto", "map", "vmap")
 DTYPES = ("float32", "float64")
 # Integers the compiled program indexes with int32 (rounds, steps, sample counts) stay below this.
 INT32_MAX = 2**31 - 1
+# Every layer is unrolled into the compiled program, so the depth is bounded.
+MAX_LAYERS = 1000
+INDEXED = "the compiled program indexes it in int32"
 
 
 def is_int(v) -> bool:
@@ -45,13 +48,14 @@ def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def check_int(name: str, v, low: int = 0, high: int = INT32_MAX) -> int:
+def check_int(name: str, v, low: int = 0, high: int = INT32_MAX, why: str = INDEXED) -> int:
     """``v`` as a Python int, or ValueError unless it is an integer in ``[low, high]`` (``high``
-    defaults to what the compiled program can index, int32)."""
+    defaults to what the compiled program can index, int32; ``why`` says where a bound comes
+    from in the message)."""
     if not is_int(v) or v < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     if v > high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {v!r}")
+        raise ValueError(f"{name} must be at most {high} ({why}), got {v!r}")
     return int(v)
 
 
@@ -149,8 +153,11 @@ class RunConfig:
     def __post_init__(self):
         alg = algorithms.get(self.algorithm)
         check_choice("dtype", self.dtype, DTYPES)
-        for name in ("rounds", "tau", "eval_every", "clients_together"):
+        for name in ("tau", "eval_every", "clients_together"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        # Round r + 1 is still numbered (and keys the minibatches) in int32.
+        why = "the compiled program numbers the rounds, and the minibatch keys by round, in int32"
+        object.__setattr__(self, "rounds", check_int("rounds", self.rounds, 1, INT32_MAX - 1, why))
         if alg.one_step and self.tau != 1:
             raise ValueError(
                 f"tau must be 1 for algorithm={self.algorithm!r} (one step per round), "

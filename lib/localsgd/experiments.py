@@ -130,8 +130,8 @@ class Experiment:
             ("seeds", 1),
         ):
             object.__setattr__(self, name, cf.check_int(name, getattr(self, name), low))
-        # Seeds seed .. seed + seeds - 1 must be valid PRNG seeds (int32).
-        cf.check_int("seed", self.seed, 0, cf.INT32_MAX - self.seeds + 1)
+        why = f"with seeds={self.seeds}, the seeds seed, ..., seed + seeds - 1 are int32 PRNG seeds"
+        cf.check_int("seed", self.seed, 0, cf.INT32_MAX - self.seeds + 1, why)
         if self.dataset == "sphere" and self.num_clients > self.n:
             raise ValueError(f"num_clients must be at most n={self.n}, got {self.num_clients!r}")
         if self.dataset == "idx":
@@ -176,7 +176,6 @@ class Experiment:
                 f"eta must be below 2 with eta_rule='ntk' (a fraction of the critical step), "
                 f"got {self.eta!r}"
             )
-        budget.check_bounds(self)  # what the compiled program can index
 
     # -- the pieces -------------------------------------------------------------------------
     def net_spec(self, d: int | None = None, d_out: int | None = None) -> model.NetSpec:

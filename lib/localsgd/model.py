@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .config import check_choice, check_int
+from .config import MAX_LAYERS, check_choice, check_int
 
 ARCHS = ("deep", "two_layer")
 ACTIVATIONS = {
@@ -55,8 +55,10 @@ class NetSpec:
 
     def __post_init__(self):
         check_choice("arch", self.arch, ARCHS)
-        for name in ("d", "m", "L", "d_out"):
+        for name in ("d", "m", "d_out"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        unrolled = "every layer is unrolled into the compiled program"
+        object.__setattr__(self, "L", check_int("L", self.L, 1, MAX_LAYERS, unrolled))
         if self.arch == "two_layer" and self.L != 1:
             raise ValueError(f"L must be 1 for arch='two_layer', got {self.L!r}")
         check_choice("activation", self.activation, ACTIVATIONS)
