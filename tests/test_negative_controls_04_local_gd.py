@@ -3,7 +3,6 @@ wrong runs: clients whose gradients use the wrong labels, and a width far too sm
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -22,12 +21,7 @@ def theorem_runs(m=128):
     return {t: experiments.run(e, cache=False) for t, e in exps.items()}, lambda_min(exps[1])
 
 
-@pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
-    jax.clear_caches()  # programs traced with a patched engine must not be reused
-    yield
-    jax.clear_caches()
+pytestmark = pytest.mark.usefixtures("patched_engine_results")
 
 
 def test_local_gd_verdict_holds_at_the_theorems_step():

@@ -24,12 +24,7 @@ def runs(eta=0.5, eta_rule="ntk"):
     return {b: experiments.run(e, cache=False) for b, e in exps.items()}, lambda_min(exps[1])
 
 
-@pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
-    jax.clear_caches()  # programs traced with a patched engine must not be reused
-    yield
-    jax.clear_caches()
+pytestmark = pytest.mark.usefixtures("patched_engine_results")
 
 
 def test_local_sgd_verdict_holds_at_one_step_for_every_batch():
