@@ -705,3 +705,49 @@ def test_optax_sgd_client_equals_the_fused_update(p0, unequal, layout):
     np.testing.assert_allclose(via_optax.metrics["loss"], fused.metrics["loss"], rtol=1e-5)
     momentum = en.run(en.RunConfig("local_sgd_momentum", **kw), SPEC, p0, unequal, key)
     assert _max_diff(_leaves(momentum), _leaves(fused)) > 1e-3  # momentum does change the run
+
+
+@pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
+def test_fedprox_and_scaffold_through_experiment_in_chunks(results_dir, algorithm):
+    """Both run through ``Experiment``; run in checkpointed chunks (each continuing from the
+    previous chunk's state, SCAFFOLD's control variates included) they end with exactly the
+    numbers of one uninterrupted run."""
+    from localsgd.experiments import Experiment, run
+
+    exp = Experiment(n=24, d=6, m=16, L=1, num_clients=3, rounds=4, tau=2, eta=0.2,
+                     eta_rule="fixed", algorithm=algorithm, batch_size=2, seeds=2,
+                     prox_mu=0.5 if algorithm == "fedprox" else 0.0,
+                     metrics=("loss", "client_loss"), partition="shards")
+    whole = run(exp, cache=False)
+    chunks = run(exp.replace(checkpoint_every=2), cache=False)
+    for k in whole.metrics:
+        np.testing.assert_array_equal(chunks.metrics[k], whole.metrics[k])
+    loss = whole.metrics["loss"]
+    assert not whole.diverged and loss[:, -1].max() < loss[:, 0].min()
+    plain = run(exp.replace(algorithm="local_sgd", prox_mu=0.0), cache=False)
+    assert not np.allclose(plain.metrics["loss"], whole.metrics["loss"])
+
+
+def test_float64_experiment_keeps_eta_and_weights_in_float64(results_dir):
+    """``Experiment(dtype="float64")``: the step size is not rounded to float32, the clients'
+    averaging weights are ``n_k / n`` in float64 (7/24 is not a float32 number), and the recorded
+    loss agrees with a float64 ``engine.run`` given those weights to 1e-13."""
+    from localsgd import experiments as ex
+
+    exp = ex.Experiment(n=24, d=6, m=16, L=1, num_clients=3, rounds=3, tau=2, eta=0.3 + 1e-9,
+                        eta_rule="fixed", algorithm="local_gd", partition="dirichlet",
+                        dtype="float64")
+    res = ex.run(exp, cache=False)
+    assert res.eta.dtype == np.float64 and res.eta[0] == 0.3 + 1e-9
+    assert res.metrics["loss"].dtype == np.float64
+    clients, _, _ = ex.load_data(exp)
+    spec = exp.net_spec(clients.x.shape[-1], clients.y.shape[-1])
+    params0, keys = ex.init_params(exp, spec)
+    mask = np.asarray(clients.mask, np.float64)
+    weight = mask.sum(1) / mask.sum()
+    assert np.any(weight.astype(np.float32) != weight)  # the float32 weights would be rounded
+    ref = en.run(exp.run_config(), spec, jax.tree.map(lambda a: a[0], params0),
+                 clients._replace(weight=weight), keys[0])
+    np.testing.assert_allclose(res.metrics["loss"][0], ref.metrics["loss"], rtol=1e-13)
+    f32 = ex.run(exp.replace(dtype="float32"), cache=False)
+    assert np.max(np.abs(f32.metrics["loss"] - res.metrics["loss"])) > 1e-9
