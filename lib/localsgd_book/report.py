@@ -278,3 +278,14 @@ def glue_figure(name: str, fig: Any) -> None:
 
     glue(name, fig)
     plt.close(fig)
+
+
+def show_divergences(results, what: str = "m = {m}") -> list:
+    """Shows a line for every diverged run of ``results`` (``localsgd.experiments.Result``):
+    ``what`` filled in with the run's configuration fields (``"{arch}, m = {m}"``), then why it
+    diverged. Returns the diverged runs."""
+    diverged = [r for r in results if r.diverged]
+    for r in diverged:
+        text = f"**{what.format_map(vars(r.config))}:** {r.divergence_message()}"
+        _display({"text/markdown": text, "text/plain": text})
+    return diverged
