@@ -139,3 +139,10 @@ def band_with_fit(ax, x, values, label=None, fit_label: str = "fit", **kw):
     slope, icpt, se = fit_line(np.log(x), np.log(med))
     fit_overlay(ax, x, slope, icpt, label=f"{fit_label}: slope {slope:.2f}")
     return slope, se
+
+
+def median_points(ax, x, values, axis: int = 0, **kw):
+    """The median over seeds as points with the 10-90 percentile range as error bars;
+    ``values`` holds the seeds on ``axis`` (``(S, len(x))`` by default). Returns the artist."""
+    mid, lo, hi = band(values, axis=axis)
+    return ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=3, **kw)
