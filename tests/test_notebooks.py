@@ -9,6 +9,7 @@ verdict must hold. With no notebooks yet, the tests skip.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -110,3 +111,33 @@ def test_profiles_name_existing_notebooks_and_valid_parameters(profile: str) -> 
     assert not unknown, f"profile {profile} has entries for missing notebooks: {unknown}"
     for nb in NOTEBOOKS:
         pipeline.resolve_parameters(nb, entries)  # raises ValueError on a bad name or type
+
+
+MAX_BOOK_CODE_LINES = 1500
+TOP_LEVEL_DEF = re.compile(r"^(?:async\s+def|def|class)\s+([A-Za-z_]\w*)", re.MULTILINE)
+
+
+def _code_cells(path: Path) -> list[str]:
+    nb = nbformat.read(str(path), as_version=4)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def test_notebooks_hold_little_code_and_share_no_helper() -> None:
+    """The book reads as prose, figures and verdicts: its notebooks hold at most
+    MAX_BOOK_CODE_LINES code lines in all, and a function or class defined at a cell's top level
+    appears in one notebook only (a helper two chapters need lives in the library)."""
+    if not NOTEBOOKS:
+        pytest.skip("no notebooks/*.ipynb yet")
+    lines = {p.stem: sum(len(src.splitlines()) for src in _code_cells(p)) for p in NOTEBOOKS}
+    defined: dict[str, set[str]] = {}
+    for p in NOTEBOOKS:
+        for src in _code_cells(p):
+            for name in TOP_LEVEL_DEF.findall(src):
+                defined.setdefault(name, set()).add(p.stem)
+    shared = {name: sorted(stems) for name, stems in defined.items() if len(stems) > 1}
+    assert not shared, f"helpers defined in more than one notebook (move to the library): {shared}"
+    total = sum(lines.values())
+    assert total <= MAX_BOOK_CODE_LINES, (
+        f"the notebooks hold {total} code lines (at most {MAX_BOOK_CODE_LINES}); "
+        f"per notebook: {lines}"
+    )

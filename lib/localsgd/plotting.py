@@ -13,7 +13,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .analysis import band
+from .analysis import band, fit_line
 
 COLUMN_INCHES = 7.0  # figure width that fills the text column
 COLUMN_PX = 690  # the text column's width on the page, in CSS pixels
@@ -115,3 +115,34 @@ def label(ax, xlabel: str, ylabel: str, title: str | None = None, legend: bool =
         ax.set_title(title)
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend()
+
+
+def log_axes(ax, x=None, base: float = 10, logy: bool = True, ticks=None):
+    """Log x axis (``base``) with a tick at every ``x`` labelled by its value (``ticks``: a
+    format such as ``".3g"``; integers by default), and a log y axis unless ``logy`` is False."""
+    ax.set_xscale("log", base=base)
+    if logy:
+        ax.set_yscale("log")
+    if x is not None:
+        x = np.asarray(x, float)
+        ax.set_xticks(x, [format(v, ticks) if ticks else str(int(v)) for v in x])
+        ax.minorticks_off()
+
+
+def band_with_fit(ax, x, values, label=None, fit_label: str = "fit", **kw):
+    """:func:`seed_band` of ``values: (S, len(x))`` and the least-squares line through its
+    medians on log-log axes, labelled ``"<fit_label>: slope <s>"``. Returns ``(slope, stderr)``
+    of that fit (:func:`localsgd.analysis.loglog_slope`)."""
+    x = np.asarray(x, float)
+    med = np.median(np.asarray(values, float), axis=0)
+    seed_band(ax, x, values, label=label, **kw)
+    slope, icpt, se = fit_line(np.log(x), np.log(med))
+    fit_overlay(ax, x, slope, icpt, label=f"{fit_label}: slope {slope:.2f}")
+    return slope, se
+
+
+def median_points(ax, x, values, axis: int = 0, **kw):
+    """The median over seeds as points with the 10-90 percentile range as error bars;
+    ``values`` holds the seeds on ``axis`` (``(S, len(x))`` by default). Returns the artist."""
+    mid, lo, hi = band(values, axis=axis)
+    return ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=3, **kw)

@@ -276,3 +276,33 @@ def taylor_residuals(spec, fixed, iterates, data):
         vals = np.array([[float(v) for v in one(to64(a), to64(b))]
                          for a, b in zip(iterates[:-1], iterates[1:])])
     return vals[:, 0], vals[:, 1], vals[:, 2]
+
+
+def gram_spectra(spec, params0, xs):
+    """``(lambda_min, lambda_max)`` of the full NTK Gram matrix (symmetrised, as
+    :func:`~localsgd.diagnostics.min_eigenvalue`) of every initialisation on every data set.
+
+    ``params0``: initialisations stacked on a leading seed axis ``S``; ``xs``: ``P`` input arrays
+    ``(n_p, d)``. Returns two ``(S, P)`` float64 NumPy arrays."""
+    def one(p, x):
+        gram = dg.ntk_gram(spec, p, x, outputs="full")
+        lam = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))
+        return lam[0], lam[-1]
+
+    eig = jax.jit(jax.vmap(one, in_axes=(0, None)))
+    pairs = [eig(params0, jnp.asarray(x)) for x in xs]
+    return tuple(np.stack([np.asarray(p[k], np.float64) for p in pairs], axis=1) for k in (0, 1))
+
+
+def grams_at_init(spec, params0, x):
+    """The full NTK Gram matrix of every initialisation: ``params0`` stacked on a leading seed
+    axis ``S``, ``x: (n, d)`` -> ``(S, n d_out, n d_out)``."""
+    return jax.vmap(lambda p: dg.ntk_gram(spec, p, jnp.asarray(x), outputs="full"))(params0)
+
+
+def linearised_curves(iterations, loss, eta, lam_min, n, anchor: int):
+    """Each seed's loss along :func:`predicted_log_loss` from its recorded loss at index
+    ``anchor``: ``iterations: (E,)``, ``loss: (S, E)``, ``eta, lam_min: (S,)`` -> ``(S, E)``."""
+    it = np.asarray(iterations, float)
+    return np.stack([np.exp(predicted_log_loss(it - it[anchor], loss[s, anchor], eta[s], lam_min[s],
+                                               n)) for s in range(len(lam_min))])

@@ -261,3 +261,31 @@ def _record_figure(name: str, fig: Any) -> None:
         "smallest_text": text,
     }
     write_json_atomic(results_dir() / "figures" / notebook / f"{name}.json", record)
+
+
+def glue_all(values: dict[str, Any], fmt: str | None = None) -> None:
+    """:func:`glue` every ``name: value`` of ``values``; a value given as ``(value, fmt)`` takes
+    its own format, the others ``fmt``."""
+    for name, value in values.items():
+        value, f = value if isinstance(value, tuple) and len(value) == 2 else (value, fmt)
+        glue(name, value, fmt=f)
+
+
+def glue_figure(name: str, fig: Any) -> None:
+    """:func:`glue` a matplotlib figure (which measures it) and close it, so that it shows only
+    where the prose pastes it."""
+    import matplotlib.pyplot as plt
+
+    glue(name, fig)
+    plt.close(fig)
+
+
+def show_divergences(results, what: str = "m = {m}") -> list:
+    """Shows a line for every diverged run of ``results`` (``localsgd.experiments.Result``):
+    ``what`` filled in with the run's configuration fields (``"{arch}, m = {m}"``), then why it
+    diverged. Returns the diverged runs."""
+    diverged = [r for r in results if r.diverged]
+    for r in diverged:
+        text = f"**{what.format_map(vars(r.config))}:** {r.divergence_message()}"
+        _display({"text/markdown": text, "text/plain": text})
+    return diverged

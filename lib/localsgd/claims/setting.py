@@ -23,7 +23,8 @@ from scipy.stats import spearmanr
 from .. import analysis
 from . import Check
 
-__all__ = ["forward_deviation_bound", "forward_stability", "kernel_positivity", "separation"]
+__all__ = ["deviations", "forward_deviation_bound", "forward_stability", "kernel_positivity",
+           "separation"]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
@@ -33,6 +34,14 @@ def forward_deviation_bound(m, n: int, L: int):
     ``h_0..h_L`` of one draw (see the module docstring). ``m`` a scalar or ``(W,)``."""
     m = np.asarray(m, float)
     return 0.5 * np.sqrt(5.0 * (L + 1) / m) * math.sqrt(2.0 * math.log(2.0 * n * (L + 1)))
+
+
+def deviations(norms):
+    """The forward norms' distance from 1 per draw: ``norms: (W, S, L + 1, n)`` -> ``(worst,
+    layer_mean)``, each ``(S, W)``: the max over ``i, l`` of ``| ||h_il|| - 1 |`` and the max
+    over ``l`` of ``| mean_i ||h_il|| - 1 |``."""
+    norms = np.asarray(norms, float)
+    return np.abs(norms - 1).max(axis=(2, 3)).T, np.abs(norms.mean(axis=3) - 1).max(axis=2).T
 
 
 def forward_stability(
@@ -50,7 +59,7 @@ def forward_stability(
     widths = np.asarray(widths, float)
     norms = np.asarray(norms, float)
     _, S, layers, n = norms.shape
-    worst = np.median(np.abs(norms - 1).max(axis=(2, 3)), axis=1)  # (W,) median over draws
+    worst = np.median(deviations(norms)[0], axis=0)  # (W,) median over draws
     bound = forward_deviation_bound(widths, n, layers - 1)
     excess = float(np.max(worst / bound))
     fit = analysis.fit(widths, worst, log="xy")

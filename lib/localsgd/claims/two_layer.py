@@ -11,7 +11,8 @@ import numpy as np
 from .. import analysis, theory
 from . import Check
 
-__all__ = ["fitted_rates", "gram_concentration", "linearised_rate", "movement", "reaches"]
+__all__ = ["fitted_rates", "gram_concentration", "gram_statistics", "linearised_rate", "movement",
+           "rate_summary", "reaches"]
 
 
 def _slope(x, y) -> float:
@@ -77,3 +78,25 @@ def movement(widths, dist_rel, *, allowance: float = 0.25) -> list[Check]:
     return [Check.between("exponent of the relative movement in m", _slope(
         widths, np.median(np.asarray(dist_rel, float), axis=0)), p - allowance, p + allowance,
         basis="theory")]
+
+
+def gram_statistics(grams, h_inf):
+    """``grams: (S, n, n)`` Gram matrices at initialisation, ``h_inf: (n, n)`` their limit.
+    Returns ``(lambda_min (S,), ||H(W(0)) - H^infty||_2 / ||H^infty||_2 (S,))`` in float64."""
+    g = np.asarray(grams, np.float64)
+    err = np.linalg.norm(g - np.asarray(h_inf, np.float64), 2, axis=(1, 2))
+    return np.linalg.eigvalsh(g)[:, 0], err / np.linalg.norm(h_inf, 2)
+
+
+def rate_summary(res, lam_min, n: int, floor: float) -> dict:
+    """One row of the rate table for a run ``res`` (a ``Result``) whose seeds' Gram matrices at
+    initialisation have ``lam_min: (S,)``: medians over seeds of the step, the linearised and the
+    measured rate per iteration (:func:`fitted_rates`) and their ratio; the worst final loss; the
+    median final relative movement."""
+    meas = fitted_rates(res.iterations, res.metrics["loss"], floor)
+    pred = -np.log(theory.linear_rate(np.asarray(res.eta, float), np.asarray(lam_min, float), n))
+    return dict(run="Local GD" if res.config.algorithm == "local_gd" else "Local SGD",
+                m=res.config.m, eta=float(np.median(res.eta)), pred=float(np.median(pred)),
+                meas=float(np.median(meas)), ratio=float(np.median(meas / pred)),
+                final=float(np.max(res.metrics["loss"][:, -1])),
+                dist=float(np.median(res.metrics["dist_rel"][:, -1])))
