@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 LIB = Path(__file__).resolve().parents[1] / "lib"
 MAX_LINES = 100
 
@@ -39,7 +37,6 @@ def test_no_function_in_localsgd_is_longer_than_100_lines():
     assert _long_functions("localsgd") == []
 
 
-@pytest.mark.xfail(strict=False, reason="the book tooling's longest functions are being split")
 def test_no_function_in_localsgd_book_is_longer_than_100_lines():
     assert _long_functions("localsgd_book") == []
 
