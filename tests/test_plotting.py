@@ -43,7 +43,7 @@ def test_a_wide_figure_with_default_fonts_is_caught():
     assert px == pytest.approx(10 / 72 * plotting.COLUMN_PX / 14, rel=0.05)
 
 
-def test_a_request_wider_than_the_column_is_scaled_down():
+def test_a_request_wider_than_the_column_is_cut_to_it_keeping_its_height():
     fig, _ = plotting.figure(ncols=2, width=14, height=4)
     plt.close(fig)
-    assert fig.get_size_inches() == pytest.approx((plotting.COLUMN_INCHES, 2.0))
+    assert fig.get_size_inches() == pytest.approx((plotting.COLUMN_INCHES, 4.0))

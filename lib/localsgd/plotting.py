@@ -49,17 +49,16 @@ def figure(ncols: int = 1, nrows: int = 1, width: float | None = None,
            height: float | None = None, **kw):
     """A figure of the column's width and its axes (``plt.subplots``), in the book's style.
 
-    ``width`` defaults to :data:`COLUMN_INCHES`; a wider request is scaled down to the column,
-    with its height, since the page would shrink it (and its text) anyway. ``height`` defaults
-    to 3.2 inches a row. Put three or more panels on two rows: three side by side leave each
-    panel about 2.2 inches wide. Extra keywords go to ``plt.subplots``.
+    ``width`` defaults to :data:`COLUMN_INCHES`; a wider request is cut to the column, since the
+    page would shrink it (and its text) anyway; the height stays as asked, so the panels keep
+    room for their legends. ``height`` defaults to 3.2 inches a row. Put three or more panels
+    on two rows: three side by side leave each panel about 2.2 inches wide. Extra keywords go
+    to ``plt.subplots``.
     """
     use_style()
     height = 3.2 * nrows if height is None else float(height)
     width = COLUMN_INCHES if width is None else float(width)
-    if width > COLUMN_INCHES:
-        height *= COLUMN_INCHES / width
-        width = COLUMN_INCHES
+    width = min(width, COLUMN_INCHES)
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
 
 
