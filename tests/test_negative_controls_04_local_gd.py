@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from localsgd import algorithms, experiments
+from localsgd import experiments, model
 from localsgd.claims import all_hold
 from localsgd.claims.local_gd import lambda_min, local_gd
 
@@ -32,13 +32,13 @@ def test_local_gd_verdict_holds_at_the_theorems_step():
 
 
 def test_negative_control_04_local_gd_wrong_labels(monkeypatch):
-    backprop = algorithms._backprop
+    backprop = model.backprop
 
     def wrong_labels(spec, fixed, W, f, y, w, update=None):
         # each client steps on its samples paired with another sample's label
         return backprop(spec, fixed, W, f, jnp.roll(y, 1, axis=0), w, update)
 
-    monkeypatch.setattr(algorithms, "_backprop", wrong_labels)
+    monkeypatch.setattr(model, "backprop", wrong_labels)  # the engine calls model.backprop
     runs, lam = theorem_runs()
     checks = local_gd(runs, lam, EPS)
     print(*checks, sep="\n")

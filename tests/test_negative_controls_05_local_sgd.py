@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from localsgd import algorithms, experiments, theory
+from localsgd import engine, experiments, theory
 from localsgd.claims import all_hold
 from localsgd.claims.local_gd import lambda_min
 from localsgd.claims.local_sgd import local_sgd
@@ -38,8 +38,8 @@ def test_negative_control_05_local_sgd_same_minibatch_every_step(monkeypatch):
     def first_b(scores, b):  # the client's first b samples, whatever the draw
         return jnp.broadcast_to(jnp.arange(b), scores.shape[:-1] + (b,))
 
-    monkeypatch.setattr(algorithms, "_pick", first_b)
-    monkeypatch.setattr(algorithms, "_minibatch_indices",
+    monkeypatch.setattr(engine, "_pick", first_b)
+    monkeypatch.setattr(engine, "_minibatch_indices",
                         lambda key, mask, tau, b: first_b(jnp.zeros((tau,) + mask.shape), b))
     res, lam = runs()
     checks = local_sgd(res, lam, EPS)
