@@ -112,6 +112,17 @@ def linear_rate(iterations, loss, floor: float = 0.0):
     return -s, se
 
 
+def linear_rates(iterations, loss, keep):
+    """Per row of ``loss: (S, E)``, :func:`linear_rate` over the recorded points that ``keep:
+    (S, E)`` selects; NaN for a row with fewer than 3 of them. Returns ``(S,)``."""
+    it = np.asarray(iterations, float)
+    out = np.full(len(loss), np.nan)
+    for s, (row, k) in enumerate(zip(np.asarray(loss, float), np.asarray(keep, bool))):
+        if k.sum() >= 3:
+            out[s] = linear_rate(it[k], row[k])[0]
+    return out
+
+
 def log_linearity(iterations, loss, floor: float = 0.0):
     """R^2 of the straight-line fit of ``log F`` against iterations, over the points with
     ``F > floor`` (a loss of exactly 0 has no logarithm): 1 for exactly linear convergence."""

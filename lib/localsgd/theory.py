@@ -38,6 +38,12 @@ def linear_rate(eta, lam_min, n):
     return (1.0 - eta * lam_min / n) ** 2
 
 
+def log_rate(eta, lam_min, n):
+    """The linearised rate per iteration on a log scale, ``-log`` :func:`linear_rate`: the ``r``
+    of ``F_t = F_0 exp(-r t)``, elementwise over arrays of steps and eigenvalues (one per seed)."""
+    return -np.log(linear_rate(np.asarray(eta, float), np.asarray(lam_min, float), n))
+
+
 def predicted_log_loss(iterations, F0, eta, lam_min, n):
     """``log F_t`` along :func:`linear_rate`: a straight line in the iteration count."""
     return math.log(F0) + np.asarray(iterations, float) * math.log(linear_rate(eta, lam_min, n))

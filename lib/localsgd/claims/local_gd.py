@@ -31,13 +31,9 @@ def fitted_rates(result, start: float = 0.3, floor: float = 1e-9) -> np.ndarray:
     """Per seed, the rate ``r`` of ``F_t ~ exp(-r t)`` per iteration, fitted over the recorded
     points with ``floor < F <= start * F_0`` (after the transient of the fast eigen-directions,
     above float32 round-off); NaN for a seed with fewer than 3 such points. ``(S,)``."""
-    it, loss = result.iterations, np.asarray(result.metrics["loss"], float)
-    out = np.full(loss.shape[0], np.nan)
-    for s, row in enumerate(loss):
-        keep = np.isfinite(row) & (row <= start * row[0]) & (row > floor)
-        if keep.sum() >= 3:
-            out[s] = analysis.linear_rate(it[keep], row[keep])[0]
-    return out
+    loss = np.asarray(result.metrics["loss"], float)
+    keep = np.isfinite(loss) & (loss <= start * loss[:, :1]) & (loss > floor)
+    return analysis.linear_rates(result.iterations, loss, keep)
 
 
 def predicted_rates(result, lam_min) -> np.ndarray:
@@ -45,8 +41,7 @@ def predicted_rates(result, lam_min) -> np.ndarray:
     with the step each seed used (``result.eta``) and ``lam_min: (S,)``, the smallest eigenvalue
     of that seed's NTK Gram at initialisation (:func:`localsgd.theory.min_eig_at_init`).
     Returns ``(S,)``."""
-    n = result.config.n
-    return -np.log(theory.linear_rate(np.asarray(result.eta, float), np.asarray(lam_min, float), n))
+    return theory.log_rate(result.eta, lam_min, result.config.n)
 
 
 def _worst(ratios) -> float:

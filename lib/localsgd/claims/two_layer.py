@@ -45,13 +45,9 @@ def gram_concentration(widths, lam_min, gram_err, lam0: float, *, allowance: flo
 def fitted_rates(iterations, loss, floor: float):
     """Per seed: minus the slope of ``log F`` over the second half of the recorded points above
     ``floor`` (``nan`` with fewer than 3). ``iterations: (E,)``, ``loss: (S, E)`` -> ``(S,)``."""
-    it = np.asarray(iterations, float)
-    late = np.arange(len(it)) >= len(it) // 2
-    out = []
-    for row in np.asarray(loss, float):
-        keep = late & np.isfinite(row) & (row > floor)
-        out.append(analysis.linear_rate(it[keep], row[keep])[0] if keep.sum() >= 3 else np.nan)
-    return np.array(out)
+    loss = np.asarray(loss, float)
+    late = np.arange(loss.shape[-1]) >= loss.shape[-1] // 2
+    return analysis.linear_rates(iterations, loss, late & np.isfinite(loss) & (loss > floor))
 
 
 def linearised_rate(measured, eta, lam_min, n: int, *, low: float = 0.5, high: float = 2.0,
@@ -59,7 +55,7 @@ def linearised_rate(measured, eta, lam_min, n: int, *, low: float = 0.5, high: f
     """The measured rate per iteration against ``-log((1 - eta lambda_min / n)^2)`` of each seed's
     own step and Gram matrix (``measured, eta, lam_min: (S,)``), as a median ratio in
     ``[low, high]``."""
-    predicted = -np.log(theory.linear_rate(np.asarray(eta, float), np.asarray(lam_min, float), n))
+    predicted = theory.log_rate(eta, lam_min, n)
     ratio = float(np.median(np.asarray(measured, float) / predicted))
     return [Check.between(f"{label}: measured rate ÷ linearised 2ηλ_min/n rate", ratio, low, high,
                           basis="computed")]
@@ -94,7 +90,7 @@ def rate_summary(res, lam_min, n: int, floor: float) -> dict:
     measured rate per iteration (:func:`fitted_rates`) and their ratio; the worst final loss; the
     median final relative movement."""
     meas = fitted_rates(res.iterations, res.metrics["loss"], floor)
-    pred = -np.log(theory.linear_rate(np.asarray(res.eta, float), np.asarray(lam_min, float), n))
+    pred = theory.log_rate(res.eta, lam_min, n)
     return dict(run="Local GD" if res.config.algorithm == "local_gd" else "Local SGD",
                 m=res.config.m, eta=float(np.median(res.eta)), pred=float(np.median(pred)),
                 meas=float(np.median(meas)), ratio=float(np.median(meas / pred)),
