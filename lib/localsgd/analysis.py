@@ -52,6 +52,17 @@ def fit(x, y, *, log: str = "", level: float = 0.95) -> Fit:
                float(r.slope + half), float(r.rvalue**2), int(ok.sum()))
 
 
+def exponent(x, y) -> float:
+    """Exponent ``p`` of ``y ~ x^p`` (:func:`fit` with ``log="xy"``) for a verdict: NaN unless
+    ``y: (p,)`` holds at least 3 values, all finite and positive, so that a degenerate
+    measurement (a zero eigenvalue, a NaN) fails the checks built on it instead of being fitted
+    over the points that remain."""
+    y = np.asarray(y, float)
+    if y.size < 3 or not np.all(np.isfinite(y) & (y > 0)):
+        return float("nan")
+    return fit(x, y, log="xy").slope
+
+
 def markdown_table(header, rows, align: str | None = None) -> str:
     """A Markdown pipe table: ``header`` is a sequence of column titles, ``rows`` a sequence of
     sequences of cells (already formatted strings, or numbers shown with ``:.4g``). ``align``:

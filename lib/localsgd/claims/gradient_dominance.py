@@ -17,19 +17,6 @@ from . import Check
 __all__ = ["kernel_scaling", "ratio_along_training", "semi_smoothness"]
 
 
-def _slope(x, y) -> analysis.Fit | None:
-    """Log-log fit of ``y: (p,)`` against ``x: (p,)``; None where a value is not positive (a
-    degenerate kernel has no exponent), so that the checks built on it fail."""
-    y = np.asarray(y, float)
-    if y.size < 3 or not np.all(np.isfinite(y) & (y > 0)):
-        return None
-    return analysis.fit(x, y, log="xy")
-
-
-def _exponent(f: analysis.Fit | None) -> float:
-    return f.slope if f is not None else float("nan")
-
-
 def kernel_scaling(
     deltas, lam_delta, lam_inf_delta, ns, lam_n, lam_inf_n, *,
     als_allowance: float = 0.25, exponent_allowance: float = 0.5,
@@ -51,9 +38,9 @@ def kernel_scaling(
     """
     lam_delta, lam_n = np.asarray(lam_delta, float), np.asarray(lam_n, float)
     inf_delta, inf_n = np.asarray(lam_inf_delta, float), np.asarray(lam_inf_n, float)
-    lim_d, lim_n = _exponent(_slope(deltas, inf_delta)), _exponent(_slope(ns, inf_n))
-    fin_d = _exponent(_slope(deltas, np.median(lam_delta, axis=0)))
-    fin_n = _exponent(_slope(ns, np.median(lam_n, axis=0)))
+    lim_d, lim_n = analysis.exponent(deltas, inf_delta), analysis.exponent(ns, inf_n)
+    fin_d = analysis.exponent(deltas, np.median(lam_delta, axis=0))
+    fin_n = analysis.exponent(ns, np.median(lam_n, axis=0))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.concatenate([(lam_delta / inf_delta).ravel(), (lam_n / inf_n).ravel()])
     ratio = np.where(np.isfinite(ratio), ratio, np.nan)
@@ -87,7 +74,7 @@ def ratio_along_training(
         of the same initialisations, ``(S, W)``; n: samples; diverged: runs that diverged.
     """
     ratio_med = np.asarray(ratio_med, float)
-    slope = _exponent(_slope(widths, np.median(ratio_med, axis=0)))
+    slope = analysis.exponent(widths, np.median(ratio_med, axis=0))
     lower = float(np.min(np.asarray(ratio_min) / (2 * np.asarray(lam_min0) / n)))
     upper = float(np.max(np.asarray(ratio_max) / (2 * np.asarray(lam_max0) / n)))
     return [

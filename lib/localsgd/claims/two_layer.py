@@ -15,13 +15,6 @@ __all__ = ["fitted_rates", "gram_concentration", "gram_statistics", "linearised_
            "rate_summary", "reaches"]
 
 
-def _slope(x, y) -> float:
-    y = np.asarray(y, float)
-    if y.size < 3 or not np.all(np.isfinite(y) & (y > 0)):
-        return float("nan")
-    return analysis.fit(x, y, log="xy").slope
-
-
 def gram_concentration(widths, lam_min, gram_err, lam0: float, *, allowance: float = 0.25,
                        floor_frac: float = 0.75) -> list[Check]:
     """``widths: (W,)``; ``lam_min``: ``lambda_min(H(W(0)))`` of every seed, ``(W, S)``;
@@ -33,9 +26,10 @@ def gram_concentration(widths, lam_min, gram_err, lam0: float, *, allowance: flo
     spread = lam_min.std(axis=1) / lam_min.mean(axis=1)
     return [
         Check.between("exponent of the seed spread of λ_min in m (CLT: −1/2)",
-                      _slope(widths, spread), -0.5 - allowance, -0.5 + allowance, basis="theory"),
+                      analysis.exponent(widths, spread), -0.5 - allowance, -0.5 + allowance,
+                      basis="theory"),
         Check.between("exponent of ‖H(W(0)) − H^∞‖/‖H^∞‖ in m (CLT: −1/2)",
-                      _slope(widths, np.median(gram_err, axis=1)), -0.5 - allowance,
+                      analysis.exponent(widths, np.median(gram_err, axis=1)), -0.5 - allowance,
                       -0.5 + allowance, basis="theory"),
         Check.at_least(f"min λ_min(H(W(0))) ÷ λ₀ at m = {int(np.max(widths))}, every seed",
                        float(np.min(lam_min[-1]) / lam0), floor_frac, basis="theory"),
@@ -71,7 +65,7 @@ def movement(widths, dist_rel, *, allowance: float = 0.25) -> list[Check]:
     """``widths: (W,)``; ``dist_rel: (S, W)`` the relative movement at the end: its exponent in
     ``m`` against :func:`localsgd.theory.lazy_distance_exponent` (``-1/2``) within ``allowance``."""
     p = theory.lazy_distance_exponent("two_layer", relative=True)
-    return [Check.between("exponent of the relative movement in m", _slope(
+    return [Check.between("exponent of the relative movement in m", analysis.exponent(
         widths, np.median(np.asarray(dist_rel, float), axis=0)), p - allowance, p + allowance,
         basis="theory")]
 
