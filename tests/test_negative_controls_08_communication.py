@@ -50,14 +50,6 @@ def correct():
     return (*_sweeps(), _local_grid(), mb, _lam_ratio())
 
 
-@pytest.fixture
-def fresh_traces():
-    """The compiled programs are traced again under a monkeypatch, and again after it."""
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
-
-
 def _checks(shrinking, fixed, local, mb, lam_ratio):
     return cc.communication(shrinking, fixed, local, mb, EPS, lam_ratio, min_saving=MIN_SAVING)
 
@@ -67,7 +59,8 @@ def test_communication_checks_hold_on_a_correct_run(correct):
     assert all_hold(checks), [c for c in checks if not c.holds]
 
 
-def test_negative_control_08_communication_no_averaging(correct, monkeypatch, fresh_traces):
+def test_negative_control_08_communication_no_averaging(correct, monkeypatch,
+                                                        patched_engine_results):
     # The server keeps client 0's model instead of averaging: the clients never combine.
     monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
     monkeypatch.setattr(engine, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
