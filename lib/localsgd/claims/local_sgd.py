@@ -12,19 +12,11 @@ import numpy as np
 
 from .. import analysis
 from . import Check
-from .local_gd import fitted_rates, predicted_rates
+from .local_gd import fitted_rates, linearised_iterations, predicted_rates
 
 __all__ = ["iterations_to", "linearised_iterations", "local_sgd", "spread"]
 
 MIN_SEEDS = 10
-
-
-def linearised_iterations(result, lam_min, eps: float) -> np.ndarray:
-    """Per seed, the linearised model's iterations to ``eps`` from that seed's ``F_0``,
-    ``log(F_0 / eps)`` over the predicted rate: an upper bound for that model (its slowest
-    direction). ``lam_min: (S,)``; returns ``(S,)``."""
-    f0 = np.asarray(result.metrics["loss"], float)[:, 0]
-    return np.log(f0 / eps) / predicted_rates(result, lam_min)
 
 
 def iterations_to(result, eps: float) -> np.ndarray:
