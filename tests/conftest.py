@@ -7,11 +7,17 @@ import pytest
 
 
 @pytest.fixture
-def patched_engine_results(tmp_path, monkeypatch):
+def tmp_results(tmp_path, monkeypatch):
+    """Results (cache entries, checkpoints, verdicts) in a temporary folder."""
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def patched_engine_results(tmp_results):
     """Results in a temporary folder, and no compiled program reused across a test's boundary:
     programs traced with a monkeypatched engine (a negative control's wrong run) must not serve
     the next test, nor a correct one serve the patched run."""
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
     jax.clear_caches()
-    yield tmp_path
+    yield tmp_results
     jax.clear_caches()

@@ -38,9 +38,7 @@ def verdict(exps):
     return key_lemma(ETA_TAU, [measured_gap(r) for r in results], [predicted_gap(r) for r in meant])
 
 
-@pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("tmp_results")
 
 
 def test_key_lemma_holds_for_local_gd():

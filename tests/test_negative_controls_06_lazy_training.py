@@ -46,14 +46,12 @@ def _failing(checks):
     return [c.name for c in checks if not c.holds]
 
 
-def test_lazy_training_holds_on_a_small_correct_run(tmp_path, monkeypatch, two_layer_correct):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_lazy_training_holds_on_a_small_correct_run(tmp_results, two_layer_correct):
     checks = _checks((64, 128, 256), two_layer_correct)
     assert all_hold(checks), _failing(checks)
 
 
-def test_negative_control_06_lazy_training_step_above_critical(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_negative_control_06_lazy_training_step_above_critical(tmp_results, monkeypatch):
     rule = theory.ntk_step_size
     # four times the rule's step: eta = 4 n / lambda_max(G0), twice the critical step
     monkeypatch.setattr(theory, "ntk_step_size", lambda *a, **k: 4.0 * rule(*a, **k))
@@ -62,10 +60,7 @@ def test_negative_control_06_lazy_training_step_above_critical(tmp_path, monkeyp
     assert not all_hold(checks)
 
 
-def test_negative_control_06_lazy_training_width_far_too_small(
-    tmp_path, monkeypatch, two_layer_correct
-):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_negative_control_06_lazy_training_width_far_too_small(tmp_results, two_layer_correct):
     checks = _checks((4, 8, 16), two_layer_correct)
     assert not all_hold(checks)
     assert not checks[1].holds  # the deep network's relative movement no longer falls like 1/m

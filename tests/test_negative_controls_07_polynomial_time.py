@@ -63,9 +63,7 @@ def _checks(m, monkeypatch=None, init_scale=None):
     return pt.checks((T / P).ravel(), r2, exps, pred, np.ravel(move), np.ravel(flips), **SETTINGS)
 
 
-@pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("tmp_results")
 
 
 def test_07_polynomial_time_correct_sweep_holds():

@@ -30,14 +30,12 @@ def _checks():
             + claims.reaches(res.metrics["loss"][:, -1], eps=5e-2))
 
 
-def test_linearised_rate_holds_on_a_wide_network_with_a_small_step(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_linearised_rate_holds_on_a_wide_network_with_a_small_step(tmp_results):
     checks = _checks()
     assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_negative_control_10_two_layer_step_too_large(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_negative_control_10_two_layer_step_too_large(tmp_results, monkeypatch):
     rule = theory.ntk_step_size
     # 8 times the chapter's step: eta = 1.6 n / lambda_max, below the critical step of one GD step
     # but eta * tau = 8 n / lambda_max, far outside the small-eta-tau regime of the theorem

@@ -22,8 +22,7 @@ def _checks(first, second, hit, n_mismatch=0):
     return claims.reproducibility(first, second, hit, True, EXP.key(), other, 3, n_mismatch)
 
 
-def test_reproducibility_holds_for_two_runs_and_a_cache_hit(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+def test_reproducibility_holds_for_two_runs_and_a_cache_hit(tmp_results):
     first = claims.arrays(experiments.run(EXP, cache=False))
     second = claims.arrays(experiments.run(EXP, cache=False))
     experiments.run(EXP, cache=True)
@@ -32,10 +31,8 @@ def test_reproducibility_holds_for_two_runs_and_a_cache_hit(tmp_path, monkeypatc
     assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_negative_control_11_reproducibility_run_not_a_function_of_its_config(tmp_path,
-                                                                              monkeypatch):
+def test_negative_control_11_reproducibility_run_not_a_function_of_its_config(tmp_results):
     # the "second run" draws another initialisation: what a run reading global state would do
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
     first = claims.arrays(experiments.run(EXP, cache=False))
     other = claims.arrays(experiments.run(EXP.replace(seed=EXP.seed + 7), cache=False))
     checks = _checks(first, other, first)

@@ -36,9 +36,7 @@ def _diagram():
     return wt.checks({"1/δ": growth}, {"1/δ": ok.mean(-1)}, narrow_max=0.25, wide_min=0.75)
 
 
-@pytest.fixture(autouse=True)
-def _results(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("tmp_results")
 
 
 def test_12_width_threshold_correct_diagram_holds():
