@@ -61,7 +61,7 @@ def _result(proc: subprocess.Popen, timeout: float = 300) -> dict:
 SHARDED_VS_SINGLE = """
 import json, re
 import jax, jax.numpy as jnp, numpy as np
-from localsgd import algorithms as al, data as dt, distributed as ds, model
+from localsgd import engine as en, data as dt, distributed as ds, model
 
 assert jax.device_count() == 4, jax.devices()
 K, m = 8, 32
@@ -85,9 +85,9 @@ def diff(a, b):
 
 out = {}
 # local_sgd through run: one initialisation, one key
-cfg = al.RunConfig("local_sgd", rounds=4, tau=3, eta=0.1, batch_size=4, metrics=metrics)
+cfg = en.RunConfig("local_sgd", rounds=4, tau=3, eta=0.1, batch_size=4, metrics=metrics)
 p0 = model.init(jax.random.key(0), spec)
-ref = al.run(cfg, spec, p0, clients, jax.random.key(1))
+ref = en.run(cfg, spec, p0, clients, jax.random.key(1))
 got = ds.run(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh)
 out["local_sgd"] = diff((ref.metrics, ref.params, ref.diverged_at),
                         (got.metrics, got.params, got.diverged_at))
@@ -101,19 +101,19 @@ txt = ds.lower(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh).compile().a
 out["hlo"] = txt
 
 # local_gd through sweep: two seeds, two step sizes (continuing from a state: the two-process test)
-cfg = al.RunConfig("local_gd", rounds=4, tau=3, eta=0.5, metrics=metrics)
+cfg = en.RunConfig("local_gd", rounds=4, tau=3, eta=0.5, metrics=metrics)
 P0 = jax.vmap(lambda k: model.init(k, spec))(jax.random.split(jax.random.key(2), 2))
 keys, etas = jax.random.split(jax.random.key(3), 2), np.array([0.5, 0.25], np.float32)
-ref = al.sweep(cfg, spec, P0, clients, keys, etas)
+ref = en.sweep(cfg, spec, P0, clients, keys, etas)
 got = ds.sweep(cfg, spec, P0, clients, keys, etas, mesh=mesh)
 out["local_gd"] = diff((ref.metrics, ref.params, ref.state), (got.metrics, got.params, got.state))
 
 # FedProx and SCAFFOLD through run, two rounds and two more from the state (SCAFFOLD's control
 # variates are per-client state, sharded like the data)
 for name, extra in (("fedprox", {"prox_mu": 0.5}), ("scaffold", {})):
-    cfg = al.RunConfig(name, rounds=2, tau=3, eta=0.1, batch_size=4, metrics=metrics, **extra)
-    ref = al.run(cfg, spec, p0, clients, jax.random.key(1))
-    ref = al.run(cfg, spec, p0, clients, jax.random.key(1), start=ref.state)
+    cfg = en.RunConfig(name, rounds=2, tau=3, eta=0.1, batch_size=4, metrics=metrics, **extra)
+    ref = en.run(cfg, spec, p0, clients, jax.random.key(1))
+    ref = en.run(cfg, spec, p0, clients, jax.random.key(1), start=ref.state)
     got = ds.run(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh)
     got = ds.run(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh, start=got.state)
     out[name] = diff((ref.metrics, ref.params, ref.state), (got.metrics, got.params, got.state))

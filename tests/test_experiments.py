@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd import algorithms as al
 from localsgd import analysis
 from localsgd import diagnostics as dg
+from localsgd import engine as en
 from localsgd import experiments as ex
 
 # Small enough to compile and run in about a second; the same shapes as the other test files.
@@ -193,13 +193,13 @@ def test_run_is_deterministic_and_seeds_differ(base_result):
     assert not np.allclose(shifted.metrics["loss"][1], loss[1])
 
 
-def test_run_matches_algorithms_run(base_result):
-    """The runner is a thin layer: seed s equals algorithms.run on the same data, init and key."""
+def test_run_matches_engine_run(base_result):
+    """The runner is a thin layer: seed s equals engine.run on the same data, init and key."""
     clients, _, _ = ex.load_data(BASE)
     spec = BASE.net_spec(clients.x.shape[-1], clients.y.shape[-1])
     params0, keys = ex.init_params(BASE, spec)
     p1 = jax.tree.map(lambda a: a[1], params0)
-    one = al.run(BASE.run_config(), spec, p1, clients, keys[1])
+    one = en.run(BASE.run_config(), spec, p1, clients, keys[1])
     np.testing.assert_allclose(base_result.metrics["loss"][1], one.metrics["loss"], rtol=1e-5)
 
 

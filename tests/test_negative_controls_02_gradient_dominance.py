@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from localsgd import algorithms, data, diagnostics, experiments, model, theory
+from localsgd import data, diagnostics, engine, experiments, model, theory
 from localsgd.claims import all_hold
 from localsgd.claims import gradient_dominance as gd
 
@@ -85,10 +85,10 @@ def _semi_smoothness(scale: float, rounds: int = 6):
     p0 = jax.tree.map(lambda a: a[0], params0)
     eta = float(theory.ntk_step_size(spec, p0, clients.x[clients.mask > 0], scale))
     cfg = dataclasses.replace(exp.run_config(eta), rounds=1, eval_every=1, metrics=("loss",))
-    out = algorithms.run(cfg, spec, p0, clients, keys[0])
+    out = engine.run(cfg, spec, p0, clients, keys[0])
     iterates = [p0["trainable"], out.params["trainable"]]
     for _ in range(rounds - 1):
-        out = algorithms.run(cfg, spec, p0, clients, keys[0], start=out.state)
+        out = engine.run(cfg, spec, p0, clients, keys[0], start=out.state)
         iterates.append(out.params["trainable"])
     residual, dot, _ = theory.taylor_residuals(spec, p0["fixed"], iterates, clients)
     return gd.semi_smoothness(residual, np.abs(dot), dot, bound=2 * 0.5 / 2)

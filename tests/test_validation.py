@@ -16,8 +16,8 @@ import nbformat
 import numpy as np
 import pytest
 
-from localsgd import algorithms as al
 from localsgd import data as dt
+from localsgd import engine as en
 from localsgd import experiments as ex
 from localsgd import model
 from localsgd_book import pipeline
@@ -43,12 +43,12 @@ def with_bad(a, value):
 
 
 def bad_targets_for_run(tmp):
-    """algorithms.run with targets of d_out=2 for a network with d_out=1."""
+    """engine.run with targets of d_out=2 for a network with d_out=1."""
     x, _ = unit_rows()
     clients = dt.to_clients(x, np.ones((8, 2)), [np.arange(4), np.arange(4, 8)])
     spec = model.NetSpec("deep", 5, 8, 1, 1)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), spec))  # shapes suffice
-    return al.run(al.RunConfig("local_gd", 2), spec, params, clients, jax.random.key(1))
+    return en.run(en.RunConfig("local_gd", 2), spec, params, clients, jax.random.key(1))
 
 
 def batch_too_large_for_run(tmp):
@@ -56,8 +56,8 @@ def batch_too_large_for_run(tmp):
     clients = dt.to_clients(x, y, [np.arange(4), np.arange(4, 8)])
     spec = model.NetSpec("deep", 5, 8, 1, 1)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), spec))  # shapes suffice
-    cfg = al.RunConfig("local_sgd", 2, 1, 0.1, batch_size=6)
-    return al.run(cfg, spec, params, clients, jax.random.key(1))
+    cfg = en.RunConfig("local_sgd", 2, 1, 0.1, batch_size=6)
+    return en.run(cfg, spec, params, clients, jax.random.key(1))
 
 
 def duplicate_with_other_target(tmp):
@@ -134,7 +134,7 @@ CASES = [
     pytest.param(exp_run(algorithm="local_sgd", batch_size=8), "batch_size", "8",
                  ("at most the smallest client's sample count 4",), id="batch-larger-than-client"),
     pytest.param(batch_too_large_for_run, "batch_size", "6", ("at most the smallest client's",),
-                 id="batch-larger-than-client-algorithms-run"),
+                 id="batch-larger-than-client-engine-run"),
     pytest.param(exp_run(algorithm="local_sgd", batch_size=None), "batch_size", "None", (">= 1",),
                  id="batch-missing"),
     pytest.param(exp_run(algorithm="local_sgd", batch_size=0), "batch_size", "0", (">= 1",),

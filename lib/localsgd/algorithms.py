@@ -165,16 +165,3 @@ register(Algorithm("local_sgd_momentum", stochastic=True, optimizer=_client_mome
 
 ALGORITHMS = tuple(REGISTRY)
 STOCHASTIC = tuple(a.name for a in REGISTRY.values() if a.stochastic)
-
-# Older code reached the engine through this module (``algorithms.run(...)``); those names are
-# the engine's, looked up when first used (the engine imports this module, not the reverse).
-_ENGINE_NAMES = ("run", "sweep", "sweep_etas", "check_inputs", "divergence_message", "TrainState",
-                 "TrainOutput", "RunConfig", "METRICS", "ROUND_END")
-
-
-def __getattr__(name):
-    if name in _ENGINE_NAMES:
-        import importlib
-
-        return getattr(importlib.import_module("localsgd.engine"), name)
-    raise AttributeError(f"module 'localsgd.algorithms' has no attribute {name!r}")

@@ -320,7 +320,7 @@ def client_data(
     seed: int = 0,
 ) -> dt.ClientData:
     """Your own samples ``x: (n, d)``, ``y: (n, d_out)`` split over ``num_clients`` clients, for
-    :func:`localsgd.algorithms.run` and :func:`localsgd.algorithms.sweep`.
+    :func:`localsgd.engine.run` and :func:`localsgd.engine.sweep`.
 
     The theory assumes unit-norm inputs, so rows that are not unit-norm are refused (ValueError,
     pointing to :func:`localsgd.data.normalise_rows`), as is what
