@@ -1,4 +1,4 @@
-"""localsgd.analysis.time_to_eps: the communication cost model of chapter 08."""
+"""localsgd.analysis.time_to_eps: the communication cost model of chapter 09."""
 
 from __future__ import annotations
 

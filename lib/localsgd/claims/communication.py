@@ -1,4 +1,4 @@
-"""Chapter 08 (communication): rounds to a target loss against the local steps ``tau`` in the
+"""Chapter 09 (communication): rounds to a target loss against the local steps ``tau`` in the
 theorems' step regime and at a fixed step, and Local SGD against minibatch SGD at equal
 computation with each method's step tuned over the same grid.
 

@@ -1,4 +1,4 @@
-"""Chapter 09 (heterogeneity): how the label skew of a partition changes the rate at which Local
+"""Chapter 10 (heterogeneity): how the label skew of a partition changes the rate at which Local
 SGD reaches a target loss, with the theorems' step (``eta * tau`` small) and at a fixed step.
 
 Each function takes recorded :class:`localsgd.experiments.Result` objects and the measured skew

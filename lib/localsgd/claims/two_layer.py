@@ -1,4 +1,4 @@
-"""Chapter 10's checks on the two-layer ReLU network of Du et al. (2019): its Gram matrix at
+"""Chapter 12's checks on the two-layer ReLU network of Du et al. (2019): its Gram matrix at
 initialisation concentrates around ``H^infty`` at the central-limit rate, Local GD contracts the
 loss at the linearised rate ``(1 - eta lambda_min / n)^2`` per iteration, and the hidden weights
 move less the wider the network.

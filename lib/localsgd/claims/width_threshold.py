@@ -1,4 +1,4 @@
-"""Chapter 12's checks: how wide is wide enough.
+"""Chapter 08's checks: how wide is wide enough.
 
 A run *succeeds* when it reaches the target loss within its budget while staying lazy: its
 relative distance from initialisation and its fraction of flipped activations stay below stated
@@ -112,7 +112,7 @@ def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, level:
 
 
 def checks(diagrams: dict, frac: dict, *, narrow_max: float, wide_min: float) -> list[Check]:
-    """The verdict of chapter 12.
+    """The verdict of chapter 08.
 
     ``diagrams[name]``: :func:`threshold_growth`'s dict for the diagram over ``name`` (``"n"``,
     ``"1/δ"``); ``frac[name]: (R, C)`` the success fractions, widths increasing along ``C``.

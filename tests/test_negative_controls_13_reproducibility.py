@@ -31,7 +31,7 @@ def test_reproducibility_holds_for_two_runs_and_a_cache_hit(tmp_results):
     assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_negative_control_11_reproducibility_run_not_a_function_of_its_config(tmp_results):
+def test_negative_control_13_reproducibility_run_not_a_function_of_its_config(tmp_results):
     # the "second run" draws another initialisation: what a run reading global state would do
     first = claims.arrays(experiments.run(EXP, cache=False))
     other = claims.arrays(experiments.run(EXP.replace(seed=EXP.seed + 7), cache=False))
@@ -40,7 +40,7 @@ def test_negative_control_11_reproducibility_run_not_a_function_of_its_config(tm
     assert not checks[0].holds and checks[0].measured > 0
 
 
-def test_negative_control_11_reproducibility_stale_cache_and_changed_dtype():
+def test_negative_control_13_reproducibility_stale_cache_and_changed_dtype():
     first = {"metrics/loss": np.array([1.0, 0.5], np.float32), "rounds": np.array([1, 2])}
     stale = {"metrics/loss": np.array([1.0, 0.5], np.float64), "rounds": np.array([1, 2])}
     assert claims.max_diff(first, stale) == 0.0  # equal values, yet not the stored arrays
@@ -50,7 +50,7 @@ def test_negative_control_11_reproducibility_stale_cache_and_changed_dtype():
     assert claims.max_diff(first, missing) == float("inf")
 
 
-def test_negative_control_11_reproducibility_environment_off_its_pins(tmp_path):
+def test_negative_control_13_reproducibility_environment_off_its_pins(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("numpy==0.0.1  # not the installed one\nno-such-package-xyz==1.0\n")
     pinned = environment.pins(req)

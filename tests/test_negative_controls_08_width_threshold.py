@@ -1,4 +1,4 @@
-"""Negative controls for chapter 12: the verdict of ``claims.width_threshold`` holds for a small
+"""Negative controls for chapter 08: the verdict of ``claims.width_threshold`` holds for a small
 correct phase diagram and fails when the width does not reach the network (every run trained at
 one width, whatever its cell says)."""
 
@@ -39,12 +39,12 @@ def _diagram():
 pytestmark = pytest.mark.usefixtures("tmp_results")
 
 
-def test_12_width_threshold_correct_diagram_holds():
+def test_08_width_threshold_correct_diagram_holds():
     checks = _diagram()
     assert all_hold(checks), [c for c in checks if not c.holds]
 
 
-def test_negative_control_12_width_threshold_width_does_not_matter(monkeypatch):
+def test_negative_control_08_width_threshold_width_does_not_matter(monkeypatch):
     def one_width(self, d=None, d_out=None):
         return model.NetSpec(self.arch, d or self.d, 64, self.L, d_out or self.d_out,
                              self.activation)

@@ -1,4 +1,4 @@
-"""Negative controls for chapter 10: the rate check of `localsgd.claims.two_layer` holds for Local
+"""Negative controls for chapter 12: the rate check of `localsgd.claims.two_layer` holds for Local
 GD on a wide two-layer network with a small step and fails when the step is far too large for the
 number of local steps."""
 
@@ -35,7 +35,7 @@ def test_linearised_rate_holds_on_a_wide_network_with_a_small_step(tmp_results):
     assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_negative_control_10_two_layer_step_too_large(tmp_results, monkeypatch):
+def test_negative_control_12_two_layer_step_too_large(tmp_results, monkeypatch):
     rule = theory.ntk_step_size
     # 8 times the chapter's step: eta = 1.6 n / lambda_max, below the critical step of one GD step
     # but eta * tau = 8 n / lambda_max, far outside the small-eta-tau regime of the theorem

@@ -1,4 +1,4 @@
-"""Negative controls for chapter 09: the checks of ``localsgd.claims.heterogeneity`` hold on a
+"""Negative controls for chapter 10: the checks of ``localsgd.claims.heterogeneity`` hold on a
 small correct run and fail on a deliberately wrong one, built here (never offered by the API)."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_heterogeneity_checks_hold_on_a_correct_run(skews):
     assert all_hold(checks), [c for c in checks if not c.holds]
 
 
-def test_negative_control_09_heterogeneity_no_averaging(skews, monkeypatch,
+def test_negative_control_10_heterogeneity_no_averaging(skews, monkeypatch,
                                                          patched_engine_results):
     # The server keeps client 0's model instead of averaging: on skewed clients it never learns
     # the other clients' classes.

@@ -1,4 +1,4 @@
-"""Library helpers used by chapters 09-11: the two-layer network's infinite-width Gram."""
+"""Helpers of the two-layer chapter (12): the two-layer network's infinite-width Gram."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Negative controls for chapter 08: the checks of ``localsgd.claims.communication`` hold on a
+"""Negative controls for chapter 09: the checks of ``localsgd.claims.communication`` hold on a
 small correct run and fail on deliberately wrong ones, built here (never offered by the API)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_communication_checks_hold_on_a_correct_run(correct):
     assert all_hold(checks), [c for c in checks if not c.holds]
 
 
-def test_negative_control_08_communication_no_averaging(correct, monkeypatch,
+def test_negative_control_09_communication_no_averaging(correct, monkeypatch,
                                                         patched_engine_results):
     # The server keeps client 0's model instead of averaging: the clients never combine.
     monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
@@ -70,7 +70,7 @@ def test_negative_control_08_communication_no_averaging(correct, monkeypatch,
     assert not checks[0].holds  # runs that miss eps
 
 
-def test_negative_control_08_communication_mis_tuned_local_sgd(correct, monkeypatch):
+def test_negative_control_09_communication_mis_tuned_local_sgd(correct, monkeypatch):
     # Local SGD's runs take a step 16 times smaller than the grid value they are recorded under,
     # so it is compared untuned with a tuned minibatch SGD: the comparison flips.
     step = theory.ntk_step_size
