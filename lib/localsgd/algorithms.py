@@ -72,6 +72,9 @@ class Algorithm:
       optimizer: instead of ``client_update``, a client optimiser as an Optax transformation,
         ``(eta, config) -> optax.GradientTransformation``, whose state starts afresh every
         round; None for the fused, in-place update (the fast path, for SGD-like updates).
+      linear: every part is affine in the weights, gradients and state (true of every entry
+        here); the kernel model (:mod:`localsgd.kernel`) then replays the entry exactly in
+        function space, and refuses entries that are not (an Adam client, say).
     """
 
     name: str
@@ -86,6 +89,7 @@ class Algorithm:
     finish: Callable | None = None
     server_state: Callable | None = None
     optimizer: Callable | None = None
+    linear: bool = True
 
     @property
     def stateful(self) -> bool:

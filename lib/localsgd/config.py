@@ -32,6 +32,7 @@ METRICS = {
     "gap": ("gap", "gap_rel"),  # ||grad F_k(W_k) - grad F_k(W_bar)|| at round end, (K,) each
     "local_flips": ("local_flips",),  # signs differing between W_k and W_bar on client k, (K,)
     "drift": ("drift",),  # ||W_k - W_bar||, (K,)
+    "outputs": ("outputs",),  # f(W_bar) on every training sample, (K, n_max, d_out)
 }
 ROUND_END = ("gap", "local_flips", "drift")  # need the local models before averaging
 LAYOUTS = ("auto", "map", "vmap")

@@ -193,16 +193,26 @@ def ntk_gram(spec, params, x, outputs: str = "sum") -> jax.Array:
     """
     if outputs not in ("sum", "full"):
         raise ValueError(f"outputs must be 'sum' or 'full', got {outputs!r}")
-    deltas, inputs = _backprop_vectors(spec, params, x)
     n, d_out = x.shape[0], spec.d_out
+    if outputs == "full":
+        return ntk_cross_gram(spec, params, x, x).reshape(n * d_out, n * d_out)
+    deltas, inputs = _backprop_vectors(spec, params, x)
     gram = 0.0
     for dl, h in zip(deltas, inputs):
-        hh = h @ h.T  # (n, n)
-        if outputs == "sum":
-            gram = gram + jnp.einsum("iom,jom->ij", dl, dl) * hh
-        else:
-            dd = jnp.einsum("iom,jpm->iojp", dl, dl)
-            gram = gram + (dd * hh[:, None, :, None]).reshape(n * d_out, n * d_out)
+        gram = gram + jnp.einsum("iom,jom->ij", dl, dl) * (h @ h.T)
+    return gram
+
+
+def ntk_cross_gram(spec, params, x_rows, x_cols) -> jax.Array:
+    """The empirical NTK between two sets of inputs, every output pair kept:
+    ``K[i, o, j, p] = <d f_o(x_i)/dW, d f_p(x'_j)/dW>`` for ``x_rows: (n_r, d)`` and
+    ``x_cols: (n_c, d)``; returns ``(n_r, d_out, n_c, d_out)``. With ``x_rows = x_cols`` it is
+    :func:`ntk_gram` (``outputs="full"``) before flattening. Layer by layer, as there."""
+    d_r, h_r = _backprop_vectors(spec, params, x_rows)
+    d_c, h_c = (d_r, h_r) if x_cols is x_rows else _backprop_vectors(spec, params, x_cols)
+    gram = 0.0
+    for dr, hr, dc, hc in zip(d_r, h_r, d_c, h_c):
+        gram = gram + jnp.einsum("iom,jpm->iojp", dr, dc) * (hr @ hc.T)[:, None, :, None]
     return gram
 
 

@@ -118,6 +118,21 @@ def _broadcast(tree, K):
     return jax.tree.map(lambda w: jnp.broadcast_to(w, (K,) + w.shape), tree)
 
 
+def round_key(key, r):
+    """The PRNG key of round ``r`` (0-based, counted from the start of the run) of a run with key
+    ``key``: what :func:`minibatch_indices` draws that round's minibatches from."""
+    return jax.random.fold_in(key, r)
+
+
+def minibatch_indices(key, mask, tau, b, rounds):
+    """Every minibatch a run draws: ``(rounds, tau, K, b)`` row indices into each client's data
+    (``mask: (K, n_max)``), round ``r`` drawn from :func:`round_key` ``(key, r)`` as the engine
+    draws it (``tau = 1`` for ``minibatch_sgd``). The kernel model
+    (:mod:`localsgd.kernel`) replays a run's own minibatches through this function."""
+    return jax.vmap(lambda r: _minibatch_indices(round_key(key, r), mask, tau, b))(
+        jnp.arange(rounds))
+
+
 def _minibatch_indices(key, mask, tau, b):
     """``(tau, K, b)`` indices, each row drawn uniformly without replacement from the client's real
     samples (padding gets a score above every real one and is never chosen)."""
@@ -379,7 +394,8 @@ def _contexts(run: _Run, Wbar, states):
 
 def _guard_losses(run: _Run, W):
     """``(F_i(W) for every sample, flat (K n_max,), whether every unit of the last hidden layer
-    is inactive on every real sample)``, from the features computed once. The sum over outputs
+    is inactive on every real sample, the outputs (K n_max, d_out))``, from the features computed
+    once. The sum over outputs
     is a product with a ones vector: as a reduction, XLA:CPU fuses it with the layers' products
     into one library call that runs ~10x slower than the products alone (measured: 512 samples,
     m = 512)."""
@@ -387,12 +403,13 @@ def _guard_losses(run: _Run, W):
     h = run.feats.reshape(-1, run.feats.shape[-1])
     for Wl in W:
         h = phi(h @ Wl.T)
-    r = h @ run.fixed["B"].T - run.train.y.reshape(-1, run.train.y.shape[-1])
+    out = h @ run.fixed["B"].T
+    r = out - run.train.y.reshape(-1, run.train.y.shape[-1])
     # Active units per sample, also as a product with a ones vector (not a reduction over the
     # layer's output, which XLA:CPU would fuse into the product's slow path).
     active = (h != 0).astype(h.dtype) @ jnp.ones((h.shape[-1],), h.dtype)
     dead = jnp.all(jnp.where(run.train.mask.reshape(-1) > 0, active == 0, True))
-    return 0.5 * ((r * r) @ jnp.ones((r.shape[-1],), r.dtype)), dead
+    return 0.5 * ((r * r) @ jnp.ones((r.shape[-1],), r.dtype)), dead, out
 
 
 def _round_end_metrics(run: _Run, Ws, metrics):
@@ -426,7 +443,9 @@ def _evaluate(run: _Run, W0, init_patterns, Wbar, Ws, ever):
         F, g = dg.loss_and_grad(spec, p, data)
         gn = dg.tree_norm(g)
         out.update(loss=F, grad_norm=gn, pl_ratio=dg.pl_ratio(F, gn))
-    per, dead = _guard_losses(run, Wbar)  # flat, (K n_max,)
+    per, dead, outputs = _guard_losses(run, Wbar)  # flat, (K n_max,)
+    if "outputs" in metrics:
+        out["outputs"] = outputs.reshape(data.mask.shape + outputs.shape[-1:])
     if "grad_norm" not in out:
         m = data.mask.ravel()
         out["loss"] = jnp.sum(per * (m / jnp.sum(m)))
@@ -476,7 +495,7 @@ class _Carry(NamedTuple):
 
 def _one_round(run: _Run, key, layout, c: _Carry, r) -> tuple[_Carry, Any]:
     """Round ``r`` (0-based): the local phase, then the guard on the new average's finiteness."""
-    new, Ws, states = _local_phase(run, c.W, c.states, jax.random.fold_in(key, r), layout)
+    new, Ws, states = _local_phase(run, c.W, c.states, round_key(key, r), layout)
     finite = _all_finite(new) & _all_finite(states)
     going = c.diverged_at < 0
     ok = going & finite

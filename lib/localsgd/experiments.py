@@ -349,6 +349,21 @@ def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
     return params0, train_keys
 
 
+def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.ClientData) -> np.ndarray:
+    """The ``(S,)`` step sizes of ``exp``'s seeds, in ``exp.dtype``, from their initialisations
+    ``params0`` (leaves with a leading seed axis, in ``exp.dtype``): ``exp.eta`` for
+    ``eta_rule="fixed"``, else ``exp.eta * n / lambda_max(G_0)`` per seed
+    (:func:`localsgd.theory.ntk_step_size` on the training samples of ``clients``)."""
+    dtype = jnp.dtype(exp.dtype)
+    if exp.eta_rule != "ntk":
+        return np.full((exp.seeds,), exp.eta, dtype)
+    with en.precision(exp.run_config()):
+        x_all = jnp.asarray(np.asarray(clients.x)[np.asarray(clients.mask) > 0], dtype)
+        params0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), params0)
+        rule = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))
+        return np.asarray(rule(params0))
+
+
 # -- running -----------------------------------------------------------------------------------
 
 
@@ -465,12 +480,7 @@ def _compute(exp, cfg, spec, clients, test):
         clients = clients._replace(weight=mask.sum(axis=1) / mask.sum())
     params0, keys = init_params(exp, spec)
     params0 = jax.tree.map(lambda a: a.astype(dtype), params0)
-    x_all = jnp.asarray(clients.x[clients.mask > 0], dtype)
-    if exp.eta_rule == "ntk":
-        etas = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))(params0)
-    else:
-        etas = jnp.full((exp.seeds,), exp.eta, dtype)
-    etas = np.asarray(etas)
+    etas = step_sizes(exp, spec, params0, clients)
     out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas)
     test_metrics = {}
     if test is not None:

@@ -15,6 +15,11 @@ Every check says where its prediction comes from (``basis``):
   from the run's own initialisation, or a critical step from its Gram matrix;
 * ``"tolerance"``: a threshold the book chose (an allowance around a computed prediction, a
   minimum effect size); the verdict box marks these so a reader can judge them.
+
+Every threshold a chapter's checks use is declared once, in its module's ``TOLERANCES``, as a
+:class:`Tolerance` that says where it comes from (:data:`ORIGINS`): from theory, fitted on the
+``ci`` profile's runs and then applied unchanged to ``default`` (a held-out test), or fixed before
+any run for a stated reason. The check functions read them from there; a notebook passes none.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BASES", "Check", "all_hold", "plain"]
+__all__ = ["BASES", "ORIGINS", "Check", "Tolerance", "all_hold", "plain"]
 
 BASES = ("theory", "computed", "tolerance")
+# Where a tolerance comes from: a cited result or an identity; a fit on the ci profile's runs,
+# applied unchanged to the default and paper profiles; a choice made before any run.
+ORIGINS = ("theory", "ci-fit", "prior")
 
 
 def plain(value: Any) -> Any:
@@ -127,3 +135,31 @@ def all_hold(checks: list[Check]) -> bool:
     if not checks:
         raise ValueError("checks=[] is empty; a verdict needs at least one computed check")
     return all(c.holds for c in checks)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A threshold of a verdict, fixed before the data it judges.
+
+    ``value``: a number, or a ``(low, high)`` pair; ``origin``: one of :data:`ORIGINS`;
+    ``source``: where it comes from, in words (the citation or identity for ``"theory"``, the
+    fit and its margin for ``"ci-fit"``, the reason for ``"prior"``)."""
+
+    value: Any
+    origin: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ValueError(f"Tolerance origin={self.origin!r} must be one of {ORIGINS}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("Tolerance source must say where the value comes from")
+        vals = self.value if isinstance(self.value, tuple) else (self.value,)
+        if not vals or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in vals):
+            raise ValueError(f"Tolerance value={self.value!r} must be a finite number or a tuple "
+                             "of them")
+
+    @property
+    def basis(self) -> str:
+        """The :data:`BASES` entry of a check built on this tolerance."""
+        return "theory" if self.origin == "theory" else "tolerance"

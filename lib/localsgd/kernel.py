@@ -1,0 +1,430 @@
+"""The kernel model of a run: what the network would do if it stayed its own linearisation.
+
+In the lazy regime a wide network follows its linearisation at initialisation,
+``f(W) ~ f(W_0) + J_0 (W - W_0)`` (Jacot et al. 2018; Lee et al. 2019). For the linearised
+network a gradient step on the samples ``S`` with weights ``w`` moves the outputs at every point
+``x`` by ``-eta sum_{j in S} w_j G_0(x, x_j) r_j``, with ``G_0 = J_0 J_0^T`` the empirical neural
+tangent kernel and ``r_j`` the residual at ``x_j``: the weights never need to be formed, and the
+whole run becomes a recursion in function space on the training points (and on any other points
+whose predictions are wanted, such as a test set, through the cross kernel).
+
+Every entry of :data:`localsgd.algorithms.REGISTRY` is affine in the weights, the gradients and
+the clients' state (plain steps, FedProx's pull towards ``W_bar``, SCAFFOLD's control variates,
+heavy-ball momentum, averaging with ``n_k / n``). So the registry's own client and server parts,
+applied to the *images* ``u = f(W_0) + J_0 (W - W_0)`` of the weights and ``J_0 g`` of the
+gradients, give the linearised network's outputs exactly. :func:`trajectory` does that, with the
+outputs as the only "layer", in the engine's order: every round each client starts from the
+average, takes ``tau`` steps on its full data or on the very minibatches the engine draws
+(:func:`localsgd.engine.minibatch_indices`, the same function from the same keys), and the server
+averages. Everything here is float64.
+
+:func:`predict` builds the model of an :class:`localsgd.experiments.Experiment`: the
+configuration a run *reports* (its data, split, initialisations, step sizes, ``tau``, ``b`` and
+keys), rebuilt from the config and never read from the run. A run that silently did something
+else is then measured against the prediction for what it reports. ``kind="infinite"`` replaces
+``G_0`` by its infinite-width limit (:func:`localsgd.theory.gram_infinity_deep`, or Du et al.'s
+:func:`localsgd.theory.gram_infinity` for the two-layer net), which has no cross-output terms:
+the ``m -> oo`` reference.
+
+What follows from the model, and what does not (PAPER.md): the distance between the network's
+outputs and the model's (:func:`distance`) shrinks as the width grows in the lazy regime; the
+comparison means something only below every local update's critical step (:func:`sharpness`:
+``eta * sharpness < 2``), above which the model diverges while a network may still converge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import algorithms as algs
+from . import analysis, diagnostics, engine, experiments, model, theory
+from .config import RunConfig
+
+KINDS = ("empirical", "infinite")
+
+
+class Problem(NamedTuple):
+    """What the recursion needs, float64.
+
+    ``cols``: the kernel between every training point ``j`` and every prediction point ``x``,
+    ``(N, d_out, M, d_out)`` with every output pair (``cols[j, p, i, o] = G(x_i, x_j)_{op}``), or
+    ``(N, M)`` for a kernel shared by every output and zero across outputs (``G (x) I``). The
+    ``M`` prediction points are the ``N`` training points first, then any others.
+    ``u0: (M, d_out)`` the outputs at initialisation; ``y: (N, d_out)`` the targets;
+    ``pos: (K, n_max)`` int32, the index among the ``N`` training points of every client row (0
+    on padding); ``mask: (K, n_max)`` 1 on real rows; ``weight: (K,)`` the averaging weights
+    ``n_k / n``.
+    """
+
+    cols: jax.Array
+    u0: jax.Array
+    y: jax.Array
+    pos: jax.Array
+    mask: jax.Array
+    weight: jax.Array
+
+
+def problem(gram, u0, y, mask) -> Problem:
+    """A :class:`Problem` from a kernel between prediction points (rows) and training points
+    (columns): ``gram: (M, d_out, N, d_out)`` or ``(M, N)`` (one kernel for every output),
+    ``u0: (M, d_out)``, ``y: (N, d_out)`` and the clients' ``mask: (K, n_max)``, whose real rows,
+    client by client, are the ``N`` training points in order (as
+    ``ClientData.x[ClientData.mask > 0]``). The averaging weights are ``n_k / n``."""
+    mask = np.asarray(mask, np.float64)
+    gram, u0, y = (np.asarray(a, np.float64) for a in (gram, u0, y))
+    N = int(mask.sum())
+    if y.ndim != 2 or y.shape[0] != N:
+        raise ValueError(f"y must have shape (N={N}, d_out), got {y.shape}")
+    d_out = y.shape[1]
+    M = u0.shape[0]
+    if u0.shape != (M, d_out) or M < N:
+        raise ValueError(f"u0 must have shape (M >= {N}, d_out={d_out}), got {u0.shape}")
+    if gram.shape == (M, N):
+        cols = gram.T
+    elif gram.shape == (M, d_out, N, d_out):
+        cols = gram.transpose(2, 3, 0, 1)
+    else:
+        raise ValueError(
+            f"gram must have shape (M={M}, N={N}) or (M, d_out={d_out}, N, d_out), "
+            f"got {gram.shape}")
+    pos = np.where(mask > 0, np.cumsum(mask.ravel()).reshape(mask.shape) - 1, 0).astype(np.int32)
+    return Problem(cols, u0, y, pos, mask, mask.sum(axis=1) / N)
+
+
+def _pooled(prob: Problem) -> Problem:
+    """Every training point on one client (centralised algorithms)."""
+    N = prob.y.shape[0]
+    return prob._replace(pos=jnp.arange(N, dtype=jnp.int32)[None], mask=jnp.ones((1, N)),
+                         weight=jnp.ones((1,)))
+
+
+def _image(C, u, rows, w, y):
+    """``J_0 g`` for the gradient of ``sum_b w_b F_{rows_b}`` at outputs ``u: (M, d_out)``: the
+    move of one plain step is ``-eta`` times it. ``rows: (B,)`` training points, ``w: (B,)``,
+    ``C`` their kernel columns (:class:`Problem`'s ``cols`` at ``rows``). Returns
+    ``(M, d_out)``."""
+    r = (u[rows] - y[rows]) * w[:, None]
+    if C.ndim == 4:
+        return jnp.einsum("bp,bpmo->mo", r, C)
+    return jnp.einsum("bo,bm->mo", r, C)
+
+
+def _batches(prob: Problem, stochastic: bool, full_cols, idx):
+    """Every client's step data ``(rows (K, B), kernel columns (K, B, ...), weights (K, B))``:
+    its full data (``idx`` None) or the minibatch rows ``idx: (K, b)``."""
+    if not stochastic:
+        return prob.pos, full_cols, prob.mask / prob.mask.sum(axis=1, keepdims=True)
+    rows = jnp.take_along_axis(prob.pos, idx, axis=1)
+    return rows, prob.cols[rows], jnp.full(rows.shape, 1.0 / idx.shape[1])
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _trajectory(cfg: RunConfig, prob: Problem, eta, batches):
+    alg = algs.get(cfg.algorithm)
+    if alg.pooled:
+        prob = _pooled(prob)
+    K = prob.mask.shape[0]
+    full_cols = None if alg.stochastic else prob.cols[prob.pos]
+    image = jax.vmap(partial(_image, y=prob.y))
+
+    def grads(us, idx):  # us: (K, M, d_out) -> every client's (J g,)
+        rows, C, w = _batches(prob, alg.stochastic, full_cols, idx)
+        return image(C, us, rows, w)
+
+    def start(ubar):
+        W = (ubar,)
+        return W if alg.optimizer is None else (W, alg.optimizer(eta, cfg).init(W))
+
+    def model_of(carry):
+        return carry if alg.optimizer is None else carry[0]
+
+    def client_step(carry, g, ctx):
+        if alg.optimizer is not None:
+            W, st = carry
+            upd, st = alg.optimizer(eta, cfg).update(g, st, W)
+            return optax.apply_updates(W, upd), st
+        return tuple(alg.client_update(eta, cfg, W_l, g_l, None if ctx is None else ctx[l])
+                     for l, (W_l, g_l) in enumerate(zip(carry, g)))
+
+    def one_round(c, batch):  # batch: (tau, K, b) minibatch rows, or None
+        ubar, states = c
+        if alg.server_gradient:
+            g = grads(jnp.broadcast_to(ubar, (K,) + ubar.shape), batch[0])
+            return (ubar - eta * jnp.tensordot(prob.weight, g, axes=1), states), None
+        Wbar = (ubar,)
+        server = None if alg.server_state is None else alg.server_state(prob.weight, states)
+        per_client = alg.client_context is not None and states is not None
+        if alg.client_context is None:
+            ctx = None
+        elif per_client:
+            ctx = jax.vmap(alg.client_context, in_axes=(None, 0, None))(Wbar, states, server)
+        else:
+            ctx = alg.client_context(Wbar, None, server)
+
+        def step(carries, idx):
+            g = grads(model_of(carries)[0], idx)
+            return jax.vmap(client_step, in_axes=(0, 0, 0 if per_client else None))(
+                carries, (g,), ctx), None
+
+        carries = jax.tree.map(lambda a: jnp.broadcast_to(a, (K,) + a.shape), start(ubar))
+        carries, _ = jax.lax.scan(step, carries, batch, length=cfg.tau)
+        Ws = model_of(carries)
+        new = jnp.tensordot(prob.weight, Ws[0], axes=1)
+        if alg.stateful:
+            states = jax.vmap(lambda Wk, sk: alg.finish(eta, cfg, Wbar, Wk, sk, server))(Ws, states)
+        return (new, states), None
+
+    def block(c, batch):  # eval_every rounds, then a record of the average
+        c, _ = jax.lax.scan(one_round, c, batch, length=cfg.eval_every)
+        return c, c[0]
+
+    states0 = None
+    if alg.stateful:
+        s0 = alg.init_state((prob.u0,))
+        states0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (K,) + a.shape), s0)
+    E = cfg.rounds // cfg.eval_every
+    if batches is not None:
+        batches = batches.reshape((E, cfg.eval_every) + batches.shape[1:])
+    _, recs = jax.lax.scan(block, (prob.u0, states0), batches, length=E)
+    return jnp.concatenate([prob.u0[None], recs])
+
+
+def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None) -> np.ndarray:
+    """The kernel model's outputs at every recorded round of a run of ``cfg``: ``(E, M, d_out)``
+    with ``E = cfg.evaluations`` (round 0, then every ``cfg.eval_every`` rounds), float64.
+
+    ``prob``: the kernel, initial outputs, targets and split (:func:`problem`); ``eta``: the step
+    size (``cfg.eta`` is not read, as in the engine); ``batches``: for a stochastic algorithm the
+    run's minibatch rows ``(rounds, tau, K, b)`` (:func:`localsgd.engine.minibatch_indices`),
+    else None. Refuses (ValueError) an algorithm whose parts are not affine, for which the
+    function-space recursion would not be exact."""
+    alg = algs.get(cfg.algorithm)
+    if not alg.linear:
+        raise ValueError(
+            f"algorithm={cfg.algorithm!r} is not affine in the weights and gradients; the kernel "
+            "model replays only affine algorithms exactly")
+    K = prob.mask.shape[0]
+    if alg.stochastic:
+        want = (cfg.rounds, cfg.tau, K, cfg.batch_size)
+        if batches is None or tuple(np.shape(batches)) != want:
+            raise ValueError(f"batches must have shape {want} for algorithm={cfg.algorithm!r}, "
+                             f"got {None if batches is None else np.shape(batches)}")
+        batches = jnp.asarray(batches, jnp.int32)
+    elif batches is not None:
+        raise ValueError(f"batches must be None for full-batch algorithm={cfg.algorithm!r}")
+    with jax.enable_x64(True):
+        prob = Problem(*(jnp.asarray(a, jnp.int32 if i == 3 else jnp.float64)
+                         for i, a in enumerate(prob)))
+        return np.asarray(_trajectory(cfg, prob, jnp.float64(eta), batches))
+
+
+def loss(outputs, y) -> np.ndarray:
+    """The training loss ``(1/N) sum_i 1/2 ||u_i - y_i||^2`` of outputs ``(..., M, d_out)`` whose
+    first ``N`` rows are the training points with targets ``y: (N, d_out)``: ``(...)``."""
+    y = np.asarray(y, np.float64)
+    r = np.asarray(outputs, np.float64)[..., : y.shape[0], :] - y
+    return 0.5 * np.mean(np.sum(r * r, axis=-1), axis=-1)
+
+
+def _step_sets(cfg: RunConfig, prob: Problem, batches):
+    """The sample sets of every distinct local update with their weights: ``(rows (Q, B),
+    weights (Q, B))`` with zero weight on padding."""
+    alg = algs.get(cfg.algorithm)
+    if alg.pooled:
+        prob = _pooled(prob)
+    K = prob.mask.shape[0]
+    if not alg.stochastic:
+        return prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
+    b = cfg.batch_size
+    rows = np.take_along_axis(np.broadcast_to(prob.pos, batches.shape[:2] + prob.pos.shape),
+                              np.asarray(batches), axis=-1)  # (R, tau, K, b)
+    if alg.server_gradient:  # one step on every client's minibatch at once, weighted n_k / n
+        w = np.broadcast_to((np.asarray(prob.weight) / b)[:, None], (K, b))
+        return rows.reshape(-1, K * b), np.broadcast_to(w.ravel(), (rows.shape[0], K * b))
+    return rows.reshape(-1, b), np.full((rows.size // b, b), 1.0 / b)
+
+
+def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
+    """The largest curvature of any one local update of a run, ``max_B lambda_max(D_B^(1/2)
+    G_BB D_B^(1/2))`` over the sample sets ``B`` that its steps use (each client's data, or every
+    minibatch the run draws) with their weights ``D_B`` (``1/|B|``; ``n_k / (n b)`` for the
+    server step of ``minibatch_sgd``). A step of the linearised model on ``B`` multiplies the
+    residual on ``B`` by ``I - eta D_B^(1/2) G_BB D_B^(1/2)``; it is stable only while
+    ``eta * sharpness < 2``: the critical step of the local updates. A float."""
+    with jax.enable_x64(True):  # the pooled split's weights 1/N in float64
+        rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
+    cols = np.asarray(prob.cols, np.float64)
+    worst = 0.0
+    for lo in range(0, rows.shape[0], 256):  # in chunks: (chunk, B, B, d_out, d_out) at a time
+        r, sw = rows[lo:lo + 256], np.sqrt(w[lo:lo + 256])
+        scale = sw[:, :, None] * sw[:, None, :]
+        if cols.ndim == 4:
+            G = cols[r[:, :, None], :, r[:, None, :], :] * scale[..., None, None]
+            Q, B, d = G.shape[0], G.shape[1], G.shape[-1]
+            G = G.transpose(0, 1, 3, 2, 4).reshape(Q, B * d, B * d)
+        else:
+            G = cols[r[:, :, None], r[:, None, :]] * scale
+        lam = np.linalg.eigvalsh(0.5 * (G + np.swapaxes(G, -1, -2)))[..., -1]
+        worst = max(worst, float(lam.max()))
+    return worst
+
+
+# -- the kernel model of an experiment ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The kernel model of every seed of an experiment.
+
+    ``rounds: (E,)`` the recorded rounds (as the run's); ``outputs: (S, E, M, d_out)`` the
+    predicted outputs at the ``N`` training points and then at the ``probe`` points;
+    ``loss: (S, E)`` the predicted training loss; ``eta: (S,)`` the step sizes (the run's rule,
+    from its initialisations); ``sharpness: (S,)`` (:func:`sharpness`); ``u0: (S, M, d_out)``;
+    ``y: (N, d_out)`` the training targets; ``kind``: ``"empirical"`` or ``"infinite"``."""
+
+    config: experiments.Experiment
+    kind: str
+    rounds: np.ndarray
+    outputs: np.ndarray
+    loss: np.ndarray
+    eta: np.ndarray
+    sharpness: np.ndarray
+    u0: np.ndarray
+    y: np.ndarray
+
+    @property
+    def iterations(self) -> np.ndarray:
+        """Local steps per client at every record, ``(E,)``."""
+        return self.rounds * self.config.tau
+
+    @property
+    def n_train(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def critical(self) -> np.ndarray:
+        """``eta * sharpness`` per seed, ``(S,)``: below 2, every local update of the run is
+        below the linearised model's critical step."""
+        return self.eta * self.sharpness
+
+    def iterations_to(self, eps: float) -> np.ndarray:
+        """The model's iterations to a training loss ``<= eps`` per seed (interpolated; inf if
+        never), ``(S,)``."""
+        return analysis.iterations_to(self.iterations, self.loss, eps)
+
+
+def _grams(exp, spec, params0, x_rows, x_train, kind):
+    """Per seed, the kernel between ``x_rows: (M, d)`` and ``x_train: (N, d)`` (float64) and the
+    initial outputs at ``x_rows``."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params0)
+        xr, xt = jnp.asarray(x_rows, jnp.float64), jnp.asarray(x_train, jnp.float64)
+        u0 = np.asarray(jax.vmap(lambda p: model.apply(spec, p, xr))(p64))
+        if kind == "infinite":
+            N = x_train.shape[0]
+            if spec.arch == "deep":
+                lim = spec.m * theory.gram_infinity_deep(np.asarray(x_rows, np.float64), spec.L,
+                                                         spec.d_out)
+            else:
+                lim = theory.gram_infinity(np.asarray(x_rows, np.float64))
+            return [lim[:, :N]] * exp.seeds, u0
+        cross = jax.jit(lambda p: diagnostics.ntk_cross_gram(spec, p, xr, xt))
+        return [np.asarray(cross(jax.tree.map(lambda a, s=s: a[s], p64)))
+                for s in range(exp.seeds)], u0
+
+
+def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
+    """The kernel model of every seed of ``exp``, rebuilt from the configuration alone: the
+    data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
+    step size (:func:`localsgd.experiments.init_params`,
+    :func:`localsgd.experiments.step_sizes`), and for a stochastic algorithm the minibatches
+    drawn from each seed's key (:func:`localsgd.engine.minibatch_indices`). ``kind``:
+    ``"empirical"`` (the NTK of each seed's initialisation, every output pair) or
+    ``"infinite"`` (its infinite-width limit, times ``m`` for the deep net). ``probe: (P, d)``:
+    more points whose predicted outputs are wanted (for example a test set), after the training
+    points in ``Prediction.outputs``. See :class:`Prediction`."""
+    if not isinstance(exp, experiments.Experiment):
+        raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    clients, _, _ = experiments.load_data(exp)
+    mask = np.asarray(clients.mask)
+    x_train = np.asarray(clients.x)[mask > 0]
+    y = np.asarray(clients.y, np.float64)[mask > 0]
+    spec = exp.net_spec(x_train.shape[1], y.shape[1])
+    if probe is not None:
+        probe = np.asarray(probe, np.float64)
+        if probe.ndim != 2 or probe.shape[1] != x_train.shape[1]:
+            raise ValueError(f"probe must have shape (P, d={x_train.shape[1]}), got {probe.shape}")
+    x_rows = x_train if probe is None else np.concatenate([x_train, probe])
+    cfg = exp.run_config()
+    params0, keys = experiments.init_params(exp, spec)
+    with engine.precision(cfg):
+        params0 = jax.tree.map(lambda a: np.asarray(a.astype(exp.dtype)), params0)
+    etas = experiments.step_sizes(exp, spec, params0, clients)
+    grams, u0 = _grams(exp, spec, params0, x_rows, x_train, kind)
+    stochastic = algs.get(exp.algorithm).stochastic
+    outs, sharp = [], []
+    for s in range(exp.seeds):
+        prob = problem(grams[s], u0[s], y, mask)
+        batches = None
+        if stochastic:
+            batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
+                                                          cfg.batch_size, cfg.rounds))
+        outs.append(trajectory(cfg, prob, float(etas[s]), batches))
+        sharp.append(sharpness(cfg, prob, batches))
+    outputs = np.stack(outs)
+    return Prediction(exp, kind, np.arange(0, exp.rounds + 1, exp.eval_every), outputs,
+                      loss(outputs, y), np.asarray(etas, np.float64), np.array(sharp), u0, y)
+
+
+# -- the network against its kernel model ------------------------------------------------------
+
+
+def network_outputs(result) -> np.ndarray:
+    """The network's recorded outputs on the training points, in the order of
+    ``ClientData.x[ClientData.mask > 0]``: ``(S, E, N, d_out)``, from a run that recorded the
+    ``"outputs"`` metric (ValueError naming ``metrics`` otherwise)."""
+    if "outputs" not in result.metrics:
+        raise ValueError("result must record metrics=(..., 'outputs', ...) to be compared with "
+                         "its kernel model")
+    clients, _, _ = experiments.load_data(result.config)
+    return np.asarray(result.metrics["outputs"], np.float64)[:, :, np.asarray(clients.mask) > 0]
+
+
+def distance(result, pred: Prediction, eps: float | None = None) -> np.ndarray:
+    """``D`` per seed: ``max_t ||u_t - u_t^kernel|| / ||u_0^kernel - y||`` over the recorded
+    rounds ``t`` (round 0 included) up to the kernel model's first record at or below a training
+    loss ``eps`` (every recorded round when ``eps`` is None or never reached), on the training
+    points. ``(S,)``; it is 0 for a network that is exactly its kernel model."""
+    u = network_outputs(result)
+    N = pred.n_train
+    if u.shape[:2] != pred.outputs.shape[:2]:
+        raise ValueError(f"result records {u.shape[:2]} (seeds, rounds), the prediction "
+                         f"{pred.outputs.shape[:2]}")
+    diff = np.linalg.norm((u - pred.outputs[:, :, :N]).reshape(u.shape[:2] + (-1,)), axis=-1)
+    scale = np.linalg.norm((pred.u0[:, :N] - pred.y).reshape(len(u), -1), axis=-1)
+    rel = diff / scale[:, None]
+    out = np.empty(len(u))
+    for s in range(len(u)):
+        last = len(pred.rounds) - 1
+        if eps is not None:
+            hit = np.flatnonzero(pred.loss[s] <= eps)
+            last = int(hit[0]) if hit.size else last
+        row = rel[s, : last + 1]
+        out[s] = np.max(row) if np.all(np.isfinite(row)) else np.inf
+    return out
+
+
+def iteration_ratio(result, pred: Prediction, eps: float) -> np.ndarray:
+    """The network's iterations to a training loss ``<= eps`` over its kernel model's, per seed
+    (both interpolated between records; inf or NaN where one never gets there). ``(S,)``."""
+    net = analysis.iterations_to(result.iterations, np.asarray(result.metrics["loss"]), eps)
+    return net / pred.iterations_to(eps)
