@@ -21,3 +21,69 @@ def patched_engine_results(tmp_results):
     jax.clear_caches()
     yield tmp_results
     jax.clear_caches()
+
+
+# The wrong runs of the negative controls: a library that silently runs something else than it
+# is asked for and reports the requested configuration.
+WRONG_RUNS = ("half_step", "one_local_step", "no_averaging", "quarter_width", "other_batch")
+
+
+def _wrong_config(exp, kind):
+    """The configuration a wrong library runs instead of ``exp`` (None where ``kind`` does not
+    apply to it)."""
+    from localsgd import algorithms
+
+    if kind == "half_step":
+        return exp.replace(eta=exp.eta / 2)
+    if kind == "one_local_step":
+        return exp.replace(tau=1) if exp.tau > 1 else None
+    if kind == "quarter_width":
+        return exp.replace(m=max(1, exp.m // 4))
+    if kind == "other_batch":
+        if not algorithms.get(exp.algorithm).stochastic:
+            return None
+        b = exp.batch_size
+        return exp.replace(batch_size=b // 2 if b > 1 else 2)
+    return exp
+
+
+@pytest.fixture
+def silently_wrong(monkeypatch, patched_engine_results):
+    """``wrong(kind)``: from then on, within the test, every ``localsgd.experiments.run`` runs a
+    wrong configuration (:data:`WRONG_RUNS`: half the step, one local step instead of ``tau``,
+    the server keeping client 0's model instead of the average, a quarter of the width, another
+    batch size) and returns a Result that reports the requested configuration and step sizes.
+    Kinds that do not apply to a run (one local step when ``tau = 1``, a batch size without
+    minibatches) leave it unchanged; ``wrong`` returns a list that collects, for every run, whether
+    the kind applied."""
+    from localsgd import engine, experiments
+
+    applied = []
+
+    def wrong(kind):
+        if kind not in WRONG_RUNS:
+            raise ValueError(f"kind must be one of {WRONG_RUNS}, got {kind!r}")
+        run = experiments.run
+
+        def wrong_run(exp, cache=True):
+            other = _wrong_config(exp, kind)
+            applied.append(other is not None and (other != exp or kind == "no_averaging"))
+            if other is None or other == exp and kind != "no_averaging":
+                return run(exp, cache=False)
+            res = run(other, cache=False)
+            eta = res.eta * 2 if kind == "half_step" else res.eta
+            return experiments.Result(exp, res.metrics, res.rounds, eta, res.diverged_at,
+                                      res.test, res.provenance)
+
+        monkeypatch.setattr(experiments, "run", wrong_run)
+        if kind == "no_averaging":
+            sweep = engine.sweep
+
+            def keep_first(config, spec, params0, data, keys, etas=None, start=None):
+                w = jax.numpy.zeros_like(data.weight).at[0].set(1.0)
+                return sweep(config, spec, params0, data._replace(weight=w), keys, etas, start)
+
+            monkeypatch.setattr(engine, "sweep", keep_first)
+        return applied
+
+    return wrong

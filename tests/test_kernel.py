@@ -272,16 +272,16 @@ def test_distance_needs_recorded_outputs(wide_run):
         kernel.predict(res.config, kind="finite")
 
 
-def test_shared_checks_hold_on_a_width_axis_and_fail_on_a_wrong_one(tmp_results):
+def test_shared_checks_hold_on_a_width_axis_and_fail_on_a_wrong_one(silently_wrong):
     exps = {m: tiny(m=m, seeds=2, rounds=16) for m in (32, 128, 512)}
     runs = {m: experiments.run(e) for m, e in exps.items()}
-    axis = km.width_axis(runs, eps=None, bootstrap=200)
+    preds = km.predictions(runs)
     bound = km.Tolerance(2.5, "prior", "test")
-    checks = km.checks(axis, bound)
+    checks = km.checks(km.width_axis(runs, preds, bootstrap=200), bound)
     assert all_hold(checks), checks
     # runs that took half the step while reporting the requested one
-    half = {m: experiments.run(e.replace(eta=e.eta / 2)) for m, e in exps.items()}
-    lying = {m: experiments.Result(exps[m], r.metrics, r.rounds, r.eta, r.diverged_at, r.test,
-                                   r.provenance) for m, r in half.items()}
-    wrong = km.checks(km.width_axis(lying, km.predictions(runs), bootstrap=200), bound)
+    applied = silently_wrong("half_step")
+    lying = {m: experiments.run(e) for m, e in exps.items()}
+    assert all(applied) and np.array_equal(lying[32].eta, runs[32].eta)
+    wrong = km.checks(km.width_axis(lying, preds, bootstrap=200), bound)
     assert not all_hold(wrong), wrong
