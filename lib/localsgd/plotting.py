@@ -145,3 +145,33 @@ def median_points(ax, x, values, axis: int = 0, **kw):
     ``values`` holds the seeds on ``axis`` (``(S, len(x))`` by default). Returns the artist."""
     mid, lo, hi = band(values, axis=axis)
     return ax.errorbar(x, mid, yerr=[mid - lo, hi - mid], fmt="o", capsize=3, **kw)
+
+
+def network_and_kernel(ax, iterations, loss, kernel_loss, label=None, color=None):
+    """The network's training loss (median over seeds and 10-90 % band, solid) and its kernel
+    model's (median, dotted, same colour) on a log axis;
+    ``loss, kernel_loss: (S, len(iterations))``. Returns the network's line."""
+    line = seed_band(ax, iterations, loss, label=label, color=color, log=True)
+    ax.plot(iterations, np.median(np.asarray(kernel_loss, float), axis=0), ls=":", lw=2.2,
+            color=line.get_color())
+    return line
+
+
+def distance_against_width(ax, axis, label=None, color=None):
+    """``D`` against the width on log-log axes for a
+    :class:`localsgd.claims.kernel_model.WidthAxis`: every seed as a small point, the median
+    as a line, the fitted exponent with its interval in the legend, and the lazy-training
+    ``m^(-1/2)`` through the median at the narrowest width (grey, dashed). Returns the median's
+    line."""
+    widths, dist = np.asarray(axis.widths, float), np.asarray(axis.distance, float)
+    S = dist.shape[1]
+    pts = ax.plot(np.repeat(widths, S), dist.ravel(), "o", ms=3.5, alpha=0.45, color=color)[0]
+    fit = f"exponent {axis.exponent:.2f} [{axis.low:.2f}, {axis.high:.2f}]"
+    med = np.median(dist, axis=1)
+    (line,) = ax.plot(widths, med, "-", color=pts.get_color(),
+                      label=f"{label}: {fit}" if label else fit)
+    ax.plot(widths, med[0] * (widths / widths[0]) ** -0.5, "--", color="0.45", lw=1.2,
+            label=r"$m^{-1/2}$" if not any(t.get_label() == r"$m^{-1/2}$" for t in ax.lines)
+            else None)
+    log_axes(ax, widths)
+    return line
