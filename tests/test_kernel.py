@@ -116,6 +116,27 @@ def test_every_algorithm_is_the_linearised_network_in_weight_space(alg):
     np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-11)
 
 
+def test_local_outputs_are_the_clients_before_averaging():
+    _, gram, u0, y = linear_model()
+    prob = kernel.problem(gram, u0, y, balanced_mask())
+    cfg = RunConfig(algorithm="local_gd", rounds=4, tau=3, eta=0.3, eval_every=2)
+    avg, loc = kernel.trajectory(cfg, prob, 0.3, local=True)
+    assert loc.shape == (3, K) + u0.shape
+    np.testing.assert_allclose(loc[0], np.broadcast_to(u0, loc[0].shape))
+    np.testing.assert_allclose(np.tensordot(prob.weight, loc, axes=(0, 1)), avg, rtol=1e-12)
+    # a client alone, from the average at round 3, for tau steps: its round-4 model
+    one = kernel.problem(gram, u0, y, balanced_mask())
+    start = kernel.trajectory(RunConfig(algorithm="local_gd", rounds=3, tau=3, eta=0.3), one,
+                              0.3)[-1]
+    rows = np.arange(NK)
+    u = start.copy()
+    G = gram.transpose(2, 3, 0, 1)  # (N, d_out, M, d_out)
+    for _ in range(3):
+        r = (u[rows] - y[rows]) / NK
+        u = u - 0.3 * np.einsum("bp,bpmo->mo", r, G[rows])
+    np.testing.assert_allclose(loc[-1, 0], u, rtol=1e-10)
+
+
 def test_local_gd_with_one_client_is_gd():
     _, gram, u0, y = linear_model()
     one = kernel.problem(gram, u0, y, np.ones((1, K * NK)))

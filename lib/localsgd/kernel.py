@@ -125,8 +125,8 @@ def _batches(prob: Problem, stochastic: bool, full_cols, idx):
     return rows, prob.cols[rows], jnp.full(rows.shape, 1.0 / idx.shape[1])
 
 
-@partial(jax.jit, static_argnums=(0,))
-def _trajectory(cfg: RunConfig, prob: Problem, eta, batches):
+@partial(jax.jit, static_argnums=(0, 4))
+def _trajectory(cfg: RunConfig, prob: Problem, eta, batches, local: bool):
     alg = algs.get(cfg.algorithm)
     if alg.pooled:
         prob = _pooled(prob)
@@ -157,7 +157,8 @@ def _trajectory(cfg: RunConfig, prob: Problem, eta, batches):
         ubar, states = c
         if alg.server_gradient:
             g = grads(jnp.broadcast_to(ubar, (K,) + ubar.shape), batch[0])
-            return (ubar - eta * jnp.tensordot(prob.weight, g, axes=1), states), None
+            new = ubar - eta * jnp.tensordot(prob.weight, g, axes=1)
+            return (new, states), (jnp.broadcast_to(new, (K,) + new.shape) if local else None)
         Wbar = (ubar,)
         server = None if alg.server_state is None else alg.server_state(prob.weight, states)
         per_client = alg.client_context is not None and states is not None
@@ -179,11 +180,11 @@ def _trajectory(cfg: RunConfig, prob: Problem, eta, batches):
         new = jnp.tensordot(prob.weight, Ws[0], axes=1)
         if alg.stateful:
             states = jax.vmap(lambda Wk, sk: alg.finish(eta, cfg, Wbar, Wk, sk, server))(Ws, states)
-        return (new, states), None
+        return (new, states), (Ws[0] if local else None)
 
-    def block(c, batch):  # eval_every rounds, then a record of the average
-        c, _ = jax.lax.scan(one_round, c, batch, length=cfg.eval_every)
-        return c, c[0]
+    def block(c, batch):  # eval_every rounds, then a record of the average (and the clients')
+        c, ws = jax.lax.scan(one_round, c, batch, length=cfg.eval_every)
+        return c, (c[0], None if ws is None else ws[-1])
 
     states0 = None
     if alg.stateful:
@@ -192,19 +193,25 @@ def _trajectory(cfg: RunConfig, prob: Problem, eta, batches):
     E = cfg.rounds // cfg.eval_every
     if batches is not None:
         batches = batches.reshape((E, cfg.eval_every) + batches.shape[1:])
-    _, recs = jax.lax.scan(block, (prob.u0, states0), batches, length=E)
-    return jnp.concatenate([prob.u0[None], recs])
+    _, (recs, ws) = jax.lax.scan(block, (prob.u0, states0), batches, length=E)
+    out = jnp.concatenate([prob.u0[None], recs])
+    if not local:
+        return out
+    return out, jnp.concatenate([jnp.broadcast_to(prob.u0, (1, K) + prob.u0.shape), ws])
 
 
-def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None) -> np.ndarray:
+def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None, local: bool = False):
     """The kernel model's outputs at every recorded round of a run of ``cfg``: ``(E, M, d_out)``
     with ``E = cfg.evaluations`` (round 0, then every ``cfg.eval_every`` rounds), float64.
 
     ``prob``: the kernel, initial outputs, targets and split (:func:`problem`); ``eta``: the step
     size (``cfg.eta`` is not read, as in the engine); ``batches``: for a stochastic algorithm the
     run's minibatch rows ``(rounds, tau, K, b)`` (:func:`localsgd.engine.minibatch_indices`),
-    else None. Refuses (ValueError) an algorithm whose parts are not affine, for which the
-    function-space recursion would not be exact."""
+    else None. With ``local``, also the clients' own outputs at the end of every recorded round,
+    before the server combines them, ``(E, K, M, d_out)`` (all equal to the start at round 0;
+    the server's new model for ``minibatch_sgd``, whose clients return gradients), as the
+    engine's round-end metrics see them. Refuses (ValueError) an algorithm whose parts are not
+    affine, for which the function-space recursion would not be exact."""
     alg = algs.get(cfg.algorithm)
     if not alg.linear:
         raise ValueError(
@@ -222,7 +229,8 @@ def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None) -> np.nd
     with jax.enable_x64(True):
         prob = Problem(*(jnp.asarray(a, jnp.int32 if i == 3 else jnp.float64)
                          for i, a in enumerate(prob)))
-        return np.asarray(_trajectory(cfg, prob, jnp.float64(eta), batches))
+        out = _trajectory(cfg, prob, jnp.float64(eta), batches, bool(local))
+        return tuple(np.asarray(a) for a in out) if local else np.asarray(out)
 
 
 def loss(outputs, y) -> np.ndarray:
