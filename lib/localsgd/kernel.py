@@ -328,24 +328,31 @@ class Prediction:
         return analysis.iterations_to(self.iterations, self.loss, eps)
 
 
-def _grams(exp, spec, params0, x_rows, x_train, kind):
-    """Per seed, the kernel between ``x_rows: (M, d)`` and ``x_train: (N, d)`` (float64) and the
-    initial outputs at ``x_rows``."""
+def _initial_outputs(spec, params0, x_rows):
+    """Every seed's outputs at ``x_rows: (M, d)`` at initialisation, float64: ``(S, M, d_out)``."""
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params0)
+        xr = jnp.asarray(x_rows, jnp.float64)
+        return np.asarray(jax.vmap(lambda p: model.apply(spec, p, xr))(p64))
+
+
+def _grams(spec, params0, x_rows, x_train, kind):
+    """Seed after seed, the kernel between ``x_rows: (M, d)`` and ``x_train: (N, d)``, float64
+    (one seed's at a time: for ten outputs and a thousand samples one is a gigabyte)."""
+    if kind == "infinite":
+        x = np.asarray(x_rows, np.float64)
+        lim = (spec.m * theory.gram_infinity_deep(x, spec.L, spec.d_out) if spec.arch == "deep"
+               else theory.gram_infinity(x))[:, : x_train.shape[0]]
+        while True:
+            yield lim
+    with jax.enable_x64(True):
         xr, xt = jnp.asarray(x_rows, jnp.float64), jnp.asarray(x_train, jnp.float64)
-        u0 = np.asarray(jax.vmap(lambda p: model.apply(spec, p, xr))(p64))
-        if kind == "infinite":
-            N = x_train.shape[0]
-            if spec.arch == "deep":
-                lim = spec.m * theory.gram_infinity_deep(np.asarray(x_rows, np.float64), spec.L,
-                                                         spec.d_out)
-            else:
-                lim = theory.gram_infinity(np.asarray(x_rows, np.float64))
-            return [lim[:, :N]] * exp.seeds, u0
         cross = jax.jit(lambda p: diagnostics.ntk_cross_gram(spec, p, xr, xt))
-        return [np.asarray(cross(jax.tree.map(lambda a, s=s: a[s], p64)))
-                for s in range(exp.seeds)], u0
+    S = jax.tree.leaves(params0)[0].shape[0]
+    for s in range(S):
+        with jax.enable_x64(True):
+            yield np.asarray(cross(jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64),
+                                                params0)))
 
 
 def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
@@ -377,11 +384,12 @@ def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) ->
     with engine.precision(cfg):
         params0 = jax.tree.map(lambda a: np.asarray(a.astype(exp.dtype)), params0)
     etas = experiments.step_sizes(exp, spec, params0, clients)
-    grams, u0 = _grams(exp, spec, params0, x_rows, x_train, kind)
+    u0 = _initial_outputs(spec, params0, x_rows)
     stochastic = algs.get(exp.algorithm).stochastic
     outs, sharp = [], []
-    for s in range(exp.seeds):
-        prob = problem(grams[s], u0[s], y, mask)
+    for s, gram in zip(range(exp.seeds), _grams(spec, params0, x_rows, x_train, kind)):
+        prob = problem(gram, u0[s], y, mask)
+        del gram
         batches = None
         if stochastic:
             batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
