@@ -18,7 +18,7 @@ import pytest
 
 from localsgd import plotting
 from localsgd.store import results_dir
-from localsgd_book import pipeline
+from localsgd_book import parameters, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -98,19 +98,19 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(notebook: Path) -> N
         if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])
     ]
     assert len(tagged) == 1, f"{notebook.name}: needs exactly one code cell tagged `parameters`"
-    assert pipeline.notebook_parameters(notebook), f"{notebook.name}: parameters cell is empty"
+    assert parameters.notebook_parameters(notebook), f"{notebook.name}: parameters cell is empty"
 
 
-@pytest.mark.parametrize("profile", pipeline.available_profiles(ROOT) or ["ci"])
+@pytest.mark.parametrize("profile", parameters.available_profiles(ROOT) or ["ci"])
 def test_profiles_name_existing_notebooks_and_valid_parameters(profile: str) -> None:
     if not NOTEBOOKS:
         pytest.skip("no notebooks/*.ipynb yet")
-    entries = pipeline.load_profile(profile, ROOT)
+    entries = parameters.load_profile(profile, ROOT)
     stems = {p.stem for p in NOTEBOOKS}
-    unknown = sorted(k for k in entries if k != pipeline.ALL_KEY and k not in stems)
+    unknown = sorted(k for k in entries if k != parameters.ALL_KEY and k not in stems)
     assert not unknown, f"profile {profile} has entries for missing notebooks: {unknown}"
     for nb in NOTEBOOKS:
-        pipeline.resolve_parameters(nb, entries)  # raises ValueError on a bad name or type
+        parameters.resolve_parameters(nb, entries)  # raises ValueError on a bad name or type
 
 
 MAX_BOOK_CODE_LINES = 1500
