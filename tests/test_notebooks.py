@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NO_NOTEBOOKS = pytest.param(None, marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))
 CASES = [pytest.param(p, id=p.stem) for p in NOTEBOOKS] or [NO_NOTEBOOKS]
-# where the book's render reads the verdicts for the intro's scoreboard (taken before any test
-# points LOCALSGD_RESULTS elsewhere)
+# where the book's render reads the verdicts for the intro's scoreboard, and where the figure tests
+# below read each chapter's figure records (taken before any test points LOCALSGD_RESULTS
+# elsewhere)
 BOOK_VERDICTS = results_dir(ROOT) / "verdicts"
+BOOK_FIGURES = results_dir(ROOT) / "figures"
 
 
 @pytest.mark.notebooks
@@ -38,27 +40,30 @@ def test_notebook_runs_under_ci_and_its_verdict_holds(notebook: Path, tmp_path, 
 
     verdicts = sorted((results / "verdicts").glob("*.json"))
     assert verdicts, f"{notebook.stem} wrote no verdict (call localsgd_book.report.verdict)"
+    assert not (results / "runs").exists(), f"{notebook.stem} wrote a record apart from the book"
     for path in verdicts:
         record = json.loads(path.read_text())
-        assert record["profile"] == "ci"
+        assert record["profile"] == "ci" and record["book"] is True
         failing = [c["name"] for c in record["checks"] if not c["holds"]]
         assert record["holds"] is True, (
             f"{notebook.stem}: verdict {path.stem} does not hold under ci; failing: {failing}"
         )
     # the executed copy is in book/executed, where `make test` renders it: its verdict goes
-    # where the render builds the scoreboard from
+    # where the render builds the scoreboard from, its figure records where the tests read them
     BOOK_VERDICTS.mkdir(parents=True, exist_ok=True)
     for path in verdicts:
         shutil.copy(path, BOOK_VERDICTS / path.name)
-    _check_figures(notebook.stem, ROOT / "book" / "executed" / f"{notebook.stem}.ipynb", results)
+    shutil.rmtree(BOOK_FIGURES / notebook.stem, ignore_errors=True)
+    if (results / "figures" / notebook.stem).is_dir():
+        shutil.copytree(results / "figures" / notebook.stem, BOOK_FIGURES / notebook.stem)
+    _check_glued(notebook.stem, ROOT / "book" / "executed" / f"{notebook.stem}.ipynb", results)
 
 
 GLUED_PNG = "application/papermill.record/image/png"
 
 
-def _check_figures(stem: str, executed: Path, results: Path) -> None:
-    """Every figure of the chapter is glued (``localsgd_book.report.glue``), which measures it,
-    and its smallest text is legible at the book's column width."""
+def _check_glued(stem: str, executed: Path, results: Path) -> None:
+    """Every figure of the chapter is glued (``localsgd_book.report.glue``), which measures it."""
     nb = nbformat.read(str(executed), as_version=4)
     glued, inline = [], []
     for i, cell in enumerate(nb.cells):
@@ -75,12 +80,46 @@ def _check_figures(stem: str, executed: Path, results: Path) -> None:
     for name in glued:
         path = results / "figures" / stem / f"{name}.json"
         assert path.exists(), f"{stem}: figure {name} was glued without being measured"
+
+
+# Chapters whose figures do not pass the figure checks yet: each chapter's own figures are
+# fixed in that chapter; remove a chapter here once its figures pass (the mark is strict).
+FIGURE_FAILURES: dict[str, str] = {}
+
+
+def _figure_case(path: Path):
+    reason = FIGURE_FAILURES.get(path.stem)
+    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+FIGURE_CASES = [_figure_case(p) for p in NOTEBOOKS] or [NO_NOTEBOOKS]
+
+
+@pytest.mark.parametrize("notebook", FIGURE_CASES)
+def test_every_figure_is_legible_with_legends_off_the_data_and_every_axis_labelled(
+    notebook: Path,
+) -> None:
+    """Read from the figure records of the chapter's last run (``report.glue`` measures every
+    figure it glues, :func:`localsgd.plotting.figure_report`): at the book's column width no
+    text is below ``MIN_TEXT_PX``, no legend covers data or text, no marker covers a written
+    value, and every axis that shows ticks has a label."""
+    found = sorted((BOOK_FIGURES / notebook.stem).glob("*.json"))
+    if not found:
+        pytest.skip(f"{notebook.stem} has no figure records (it has not run, or draws none)")
+    problems = []
+    for path in found:
         record = json.loads(path.read_text())
-        assert record["smallest_text_px"] >= plotting.MIN_TEXT_PX, (
-            f"{stem}: figure {name} shows {record['smallest_text']!r} at "
-            f"{record['smallest_text_px']:.1f} px on the page (at least {plotting.MIN_TEXT_PX} "
-            f"px needed); it is {record['width_in']:.1f} in wide"
-        )
+        name = record["figure"]
+        if "overlaps" not in record:
+            problems.append(f"{name}: measured by an older build; execute the chapter again")
+            continue
+        if record["smallest_text_px"] < plotting.MIN_TEXT_PX:
+            problems.append(f"{name}: {record['smallest_text']!r} is "
+                            f"{record['smallest_text_px']:.1f} px on the page (at least "
+                            f"{plotting.MIN_TEXT_PX:g} px needed)")
+        problems += [f"{name}: {o}" for o in record["overlaps"] + record["unlabelled"]]
+    assert not problems, f"{notebook.stem}:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("notebook", CASES)

@@ -305,7 +305,7 @@ def test_glue_outside_a_kernel_is_a_no_op() -> None:
         report.glue("not an identifier", 1)
 
 
-def test_render_refuses_a_toc_entry_without_itswrite_notebook(root: Path) -> None:
+def test_render_refuses_a_toc_entry_without_its_notebook(root: Path) -> None:
     (root / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n"
         "  - file: book/executed/tiny\n  - file: book/executed/99_missing\n"

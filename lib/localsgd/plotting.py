@@ -181,10 +181,20 @@ def _artist_hits(artist, region, fig) -> bool:
 
 
 def _name(artist) -> str:
+    """An artist as a reader would name it: its legend label, else its kind."""
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+    from matplotlib.image import AxesImage
+    from matplotlib.lines import Line2D
+
     label = artist.get_label() if hasattr(artist, "get_label") else ""
     if label and not label.startswith("_"):
         return repr(label)
-    return type(artist).__name__
+    kinds = [(PathCollection, "points"), (PolyCollection, "a band"), (LineCollection, "lines"),
+             (AxesImage, "an image")]
+    if isinstance(artist, Line2D):
+        return "markers" if _marks(artist) and artist.get_linestyle() in ("None", "") else "a line"
+    return next((name for kind, name in kinds if isinstance(artist, kind)),
+                type(artist).__name__)
 
 
 def overlaps(fig) -> list[str]:

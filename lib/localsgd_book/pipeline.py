@@ -15,7 +15,8 @@ are, :mod:`localsgd_book.layout`. This module executes and renders.
 Notebooks run with papermill on the kernel ``python3``, with the repository root as working
 directory, writing ``book/executed/<stem>.ipynb``. The kernel sees two environment variables:
 ``LOCALSGD_RESULTS`` (an absolute path, ``<root>/results`` unless already set) and
-``LOCALSGD_PROFILE``. Run times go to ``$LOCALSGD_RESULTS/timings/<profile>.json``.
+``LOCALSGD_PROFILE``. Run times go to ``$LOCALSGD_RESULTS/timings/<profile>.json``; the figure
+records of a chapter (``$LOCALSGD_RESULTS/figures/<stem>/``) are emptied before it runs.
 Notebooks run in the order of ``_toc.yml`` (any not listed there follow, by name). Each executed
 notebook is then tidied for reading (:mod:`localsgd_book.tidy`: the parameters shown once).
 
@@ -198,6 +199,8 @@ def execute(
         for i, (path, params) in enumerate(plan, start=1):
             say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
             os.environ["LOCALSGD_NOTEBOOK"] = path.stem  # restored by _environ on exit
+            # the chapter's figure records describe its last run only
+            shutil.rmtree(results / "figures" / path.stem, ignore_errors=True)
             item = _execute_one(path, params, out_dir, lay.root, timeout, say)
             tidy.tidy_executed(item.output, profile, repo_url, branch)
             _record_timing(results, profile, item)
