@@ -128,18 +128,18 @@ def _browser():
 
 @pytest.fixture(scope="module")
 def browser():
-    if not PAGES:
-        pytest.skip("no built book (book/_build/html)")
     driver = _browser()
     yield driver
     driver.quit()
 
 
 # Every table and math display of the article that is wider than the column must sit in a
-# scrolling container no wider than the column, whose background draws the cue.
+# scrolling container no wider than the column, whose background draws the cue. Folded sections
+# (<details>: dropdowns, hidden code) are opened first, as a reader would.
 FIND_UNCUED = """
 const article = document.querySelector('article.bd-article') || document.querySelector('main');
 if (!article) { return {column: 0, offenders: []}; }
+article.querySelectorAll('details').forEach(d => { d.open = true; });
 const style = getComputedStyle(article);
 const box = article.getBoundingClientRect();
 const left = box.left + parseFloat(style.paddingLeft);
@@ -148,7 +148,7 @@ const width = right - left;
 const offenders = [];
 for (const el of article.querySelectorAll('table, mjx-container[display="true"]')) {
   const r = el.getBoundingClientRect();
-  if (r.width === 0 || el.closest('details:not([open])')) continue;
+  if (r.width === 0) continue;
   const wide = el.scrollWidth > width + 1 || r.right > right + 1 || r.left < left - 1;
   if (!wide) continue;
   let a = el, cued = false;
@@ -199,3 +199,23 @@ def test_nothing_is_wider_than_its_column_without_a_scroll_cue(browser, page, wi
     assert not found["offenders"], (
         f"{page.relative_to(HTML)} at {width} px (column {found['column']:.0f} px): "
         + "; ".join(found["offenders"]))
+
+
+CUE = ("overflow-x: auto; background: linear-gradient(to left, white, white), "
+       "radial-gradient(farthest-side at 100% 50%, black, transparent)")
+
+
+@pytest.mark.parametrize(
+    "wrapper, offends",
+    [("<div>{}</div>", True),  # no scroll container: the table runs out of the column
+     ("<div style='overflow-x: hidden'>{}</div>", True),  # cut off, no way to scroll
+     ("<div style='overflow-x: auto'>{}</div>", True),  # scrolls, but nothing says so
+     (f"<div style='{CUE}'>{{}}</div>", False)],
+)
+def test_the_check_finds_a_wide_table_without_a_scroll_cue(browser, tmp_path, wrapper, offends):
+    cells = "".join(f"<td>column{i}</td>" for i in range(30))
+    table = f"<table><tr>{cells}</tr></table>"
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><article class='bd-article' style='width: 300px'>"
+                    + wrapper.format(table) + "</article></body></html>")
+    assert bool(measure(browser, page, 400)["offenders"]) is offends

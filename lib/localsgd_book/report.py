@@ -105,7 +105,7 @@ def _apart_line(record: dict[str, Any], where: str) -> str:
 def _verdict_html(record: dict[str, Any], checks: list[Check], where: str) -> str:
     holds = record["holds"]
     colour = HOLDS_COLOUR if holds else FAILS_COLOUR
-    td = "style='padding:0.15em 0.8em 0.15em 0;text-align:left;vertical-align:top'"
+    td = "style='padding:0.15em 0.5em 0.15em 0;text-align:left;vertical-align:top'"
     rows = "".join(
         "<tr>"
         f"<td {td}>{html.escape(c.name)}</td>"
