@@ -43,11 +43,9 @@ def _proof_titles(env: Any) -> dict[str, str]:
 def _collect_titles(app: Any, doctree: Any) -> None:
     """Remember the title of every labelled statement of the page just read (sphinx-proof keeps
     the label, kind and page, not the title)."""
-    from docutils import nodes
-
     titles = _proof_titles(app.env)
-    for node in doctree.findall(nodes.Element):
-        if "proof" in node.get("classes", []) and node.get("label"):
+    for node in doctree.findall(lambda n: hasattr(n, "get") and "proof" in n.get("classes", [])):
+        if node.get("label"):
             title = re.sub(r"^\s*\((.*)\)\s*$", r"\1", str(node.get("title", ""))).strip()
             titles[node["label"]] = f"{app.env.docname}\0{title}"
 
