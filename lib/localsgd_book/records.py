@@ -55,12 +55,13 @@ def anchor(chapter: str) -> str:
 
 def jsonable(value: Any) -> Any:
     """``value`` with tuples as lists and numpy / jax scalars as Python numbers (non-finite
-    floats as the strings JSON needs), recursively."""
+    floats as the strings JSON needs), recursively; any other object as its ``repr``."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
-    return plain(value)
+    value = plain(value)
+    return value if value is None or isinstance(value, str | int | float | bool) else repr(value)
 
 
 def parameters_digest(parameters: Mapping[str, Any] | None) -> str:
