@@ -18,7 +18,7 @@ import pytest
 
 from localsgd import plotting
 from localsgd.store import results_dir
-from localsgd_book import parameters, pipeline
+from localsgd_book import layout, parameters, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -190,3 +190,20 @@ def test_notebooks_hold_little_code_and_share_no_helper() -> None:
         f"the notebooks hold {total} code lines (at most {MAX_BOOK_CODE_LINES}); "
         f"per notebook: {lines}"
     )
+
+
+def test_the_intros_map_links_every_chapter_and_the_algorithms_are_cited_where_introduced():
+    """The intro's map covers every chapter of the table of contents (a chapter added to
+    _toc.yml without a line in the map fails here); FedProx and SCAFFOLD, which chapter 10 runs,
+    are introduced with their citations on the page that defines the algorithms."""
+    intro = (ROOT / "book" / "intro.md").read_text()
+    board = intro.index("## A map of the book")
+    the_map = intro[board:intro.index("\n## ", board + 1)]
+    missing = [s for s in layout.toc_executed_stems(layout.layout(ROOT))
+               if f"executed/{s}.ipynb" not in the_map]
+    assert not missing, f"the intro's map leaves out {missing}"
+    algorithm = (ROOT / "book" / "algorithm.md").read_text()
+    bib = (ROOT / "book" / "references.bib").read_text()
+    for key, name in (("li2020fedprox", "FedProx"), ("karimireddy2020scaffold", "SCAFFOLD")):
+        assert f"{{{key}," in bib, f"{key} is not in references.bib"
+        assert f"{{cite}}`{key}`" in algorithm and f"prf:definition}} {name}" in algorithm

@@ -219,3 +219,15 @@ def test_the_check_finds_a_wide_table_without_a_scroll_cue(browser, tmp_path, wr
     page.write_text("<html><body><article class='bd-article' style='width: 300px'>"
                     + wrapper.format(table) + "</article></body></html>")
     assert bool(measure(browser, page, 400)["offenders"]) is offends
+
+
+def test_the_parameters_of_every_chapter_fold_into_one_section() -> None:
+    page = HTML / "book" / "executed" / "13_reproducibility.html"
+    if not page.exists():
+        pytest.skip("no built book (book/_build/html)")
+    text = _text(page)
+    folds = [m.start() for m in re.finditer(r"<details class=\"[^\"]*sd-dropdown", text)]
+    assert len(folds) == 1, f"the parameter tables fold into {len(folds)} sections, not one"
+    inside = text[folds[0]:text.index("</details>", folds[0])]
+    for notebook in layout.list_notebooks(ROOT):
+        assert f"{notebook.stem}</span></code>)" in inside, f"{notebook.stem}'s table is not in it"
