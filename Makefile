@@ -1,6 +1,7 @@
 # make book   execute every notebook with papermill (PROFILE, default `default`), render the book
 # make test   pytest (library tests and notebook smoke runs under the ci profile), then a
-#             Sphinx build of the book with warnings as errors
+#             Sphinx build of the book with warnings as errors and the tests of the rendered
+#             pages (offline math, no machine path, in headless Chromium at 400 and 1280 px)
 # make run    NB=01_setting PROFILE=ci PARAMS="-p width 4096 -p tau 20": one notebook
 # make bench  the performance benchmark (bench/run.py)
 # make lint   ruff
@@ -66,8 +67,9 @@ test: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	$(PY) -m localsgd_book.pipeline render --warnings-as-errors
-	@# the rendered HTML must load its math renderer locally: checked once the book exists
-	$(PY) -m pytest -q tests/test_offline.py
+	@# checked once the book exists: math loads locally, no page shows a machine path, and in
+	@# headless Chromium (the system's) nothing is wider than its column without a scroll cue
+	$(PY) -m pytest -q tests/test_offline.py tests/test_pages.py
 
 run: $(ACCEL_STAMP)
 	@test -n "$(NB)" || { echo 'usage: make run NB=<notebook stem> [PROFILE=ci|default|paper] [PARAMS="-p name value ..."]' >&2; exit 2; }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import jax
+import nbformat
 import pytest
 
 
@@ -87,3 +91,89 @@ def silently_wrong(monkeypatch, patched_engine_results):
         return applied
 
     return wrong
+
+
+# --------------------------------------------------------------------------------------------
+# a tiny book: notebooks and profiles in a temporary root, for the pipeline and records tests
+
+PARAMS_SOURCE = textwrap.dedent(
+    """\
+    width = 8
+    eta = 0.5
+    label = "a"
+    flag = False
+    sizes = [1, 2]
+    """
+)
+
+SETUP_SOURCE = textwrap.dedent(
+    """\
+    from localsgd_book import session
+    session.start("tiny", globals(), ranges=dict(width=">= 1", eta="> 0", sizes=">= 1"))
+    """
+)
+
+BODY_SOURCE = textwrap.dedent(
+    """\
+    import json, os, sys
+    from localsgd.claims import Check
+    from localsgd_book.report import glue, verdict
+    out = {
+        "width": width, "eta": eta, "label": label, "flag": flag, "sizes": list(sizes),
+        "eta_type": type(eta).__name__,
+        "prefix": sys.prefix, "executable": sys.executable, "cwd": os.getcwd(),
+        "results": os.environ.get("LOCALSGD_RESULTS"),
+        "profile": os.environ.get("LOCALSGD_PROFILE"),
+    }
+    os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
+    with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "tiny_out.json"), "w") as fh:
+        json.dump(out, fh)
+    glue("tiny_width", width, fmt="d")
+    verdict("tiny", "width is positive", [Check.at_least("width", width, 1)])
+    """
+)
+
+
+def _write_notebook(path: Path, params: str | None, *body: str) -> Path:
+    """A notebook at ``path``: a title, a cell tagged ``parameters`` (unless None), code cells."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells.append(nbformat.v4.new_markdown_cell("# tiny"))
+    if params is not None:
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    for src in body:
+        nb.cells.append(nbformat.v4.new_code_cell(src))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture
+def write_notebook():
+    """``write_notebook(path, params_source, *code_sources)``: a small notebook for a test."""
+    return _write_notebook
+
+
+@pytest.fixture
+def tiny_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary book root with two notebooks and two profiles, results in ``tmp_path``."""
+    r = tmp_path / "root"
+    _write_notebook(r / "notebooks" / "tiny.ipynb", PARAMS_SOURCE, SETUP_SOURCE, BODY_SOURCE)
+    _write_notebook(
+        r / "notebooks" / "zz_boom.ipynb",
+        "n = 1\n",
+        "x = n + 1",
+        "raise RuntimeError('boom in the second body cell')",
+    )
+    prof = r / "notebooks" / "profiles"
+    prof.mkdir(parents=True)
+    (prof / "ci.yaml").write_text("_all:\n  width: 3\n  not_in_any: 1\ntiny:\n  eta: 0.25\n")
+    (prof / "default.yaml").write_text("tiny: {}\n")
+    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path / "results"))
+    return r

@@ -18,15 +18,17 @@ import pytest
 
 from localsgd import plotting
 from localsgd.store import results_dir
-from localsgd_book import pipeline
+from localsgd_book import layout, parameters, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 NO_NOTEBOOKS = pytest.param(None, marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))
 CASES = [pytest.param(p, id=p.stem) for p in NOTEBOOKS] or [NO_NOTEBOOKS]
-# where the book's render reads the verdicts for the intro's scoreboard (taken before any test
-# points LOCALSGD_RESULTS elsewhere)
+# where the book's render reads the verdicts for the intro's scoreboard, and where the figure tests
+# below read each chapter's figure records (taken before any test points LOCALSGD_RESULTS
+# elsewhere)
 BOOK_VERDICTS = results_dir(ROOT) / "verdicts"
+BOOK_FIGURES = results_dir(ROOT) / "figures"
 
 
 @pytest.mark.notebooks
@@ -38,27 +40,30 @@ def test_notebook_runs_under_ci_and_its_verdict_holds(notebook: Path, tmp_path, 
 
     verdicts = sorted((results / "verdicts").glob("*.json"))
     assert verdicts, f"{notebook.stem} wrote no verdict (call localsgd_book.report.verdict)"
+    assert not (results / "runs").exists(), f"{notebook.stem} wrote a record apart from the book"
     for path in verdicts:
         record = json.loads(path.read_text())
-        assert record["profile"] == "ci"
+        assert record["profile"] == "ci" and record["book"] is True
         failing = [c["name"] for c in record["checks"] if not c["holds"]]
         assert record["holds"] is True, (
             f"{notebook.stem}: verdict {path.stem} does not hold under ci; failing: {failing}"
         )
     # the executed copy is in book/executed, where `make test` renders it: its verdict goes
-    # where the render builds the scoreboard from
+    # where the render builds the scoreboard from, its figure records where the tests read them
     BOOK_VERDICTS.mkdir(parents=True, exist_ok=True)
     for path in verdicts:
         shutil.copy(path, BOOK_VERDICTS / path.name)
-    _check_figures(notebook.stem, ROOT / "book" / "executed" / f"{notebook.stem}.ipynb", results)
+    shutil.rmtree(BOOK_FIGURES / notebook.stem, ignore_errors=True)
+    if (results / "figures" / notebook.stem).is_dir():
+        shutil.copytree(results / "figures" / notebook.stem, BOOK_FIGURES / notebook.stem)
+    _check_glued(notebook.stem, ROOT / "book" / "executed" / f"{notebook.stem}.ipynb", results)
 
 
 GLUED_PNG = "application/papermill.record/image/png"
 
 
-def _check_figures(stem: str, executed: Path, results: Path) -> None:
-    """Every figure of the chapter is glued (``localsgd_book.report.glue``), which measures it,
-    and its smallest text is legible at the book's column width."""
+def _check_glued(stem: str, executed: Path, results: Path) -> None:
+    """Every figure of the chapter is glued (``localsgd_book.report.glue``), which measures it."""
     nb = nbformat.read(str(executed), as_version=4)
     glued, inline = [], []
     for i, cell in enumerate(nb.cells):
@@ -75,12 +80,56 @@ def _check_figures(stem: str, executed: Path, results: Path) -> None:
     for name in glued:
         path = results / "figures" / stem / f"{name}.json"
         assert path.exists(), f"{stem}: figure {name} was glued without being measured"
+
+
+# Chapters whose figures do not pass the figure checks yet: each chapter's own figures are
+# fixed in that chapter; remove a chapter here once its figures pass (the mark is strict).
+FIGURE_FAILURES: dict[str, str] = {
+    "01_setting": "fig_forward: the legend covers the deviation curve and its band (panel 2)",
+    "02_gradient_dominance": "fig_kernel and fig_ratio_width: legends over the bands and the "
+                             "2 λ_max(G₀)/n line",
+    "04_local_gd": "fig_regimes: the legend of the middle panel covers both curves",
+    "07_polynomial_time": "fig_poly_pred: the legend covers the sweeps' points and the allowed "
+                          "band; fig_poly_loglog: panels 2 and 3 have no y label",
+    "08_width_threshold": "fig_width_phase: the threshold markers and line cover the heat map's "
+                          "cell values",
+    "09_communication": "fig_comm_regimes: panel 2 has no y label",
+}
+
+
+def _figure_case(path: Path):
+    reason = FIGURE_FAILURES.get(path.stem)
+    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+FIGURE_CASES = [_figure_case(p) for p in NOTEBOOKS] or [NO_NOTEBOOKS]
+
+
+@pytest.mark.parametrize("notebook", FIGURE_CASES)
+def test_every_figure_is_legible_with_legends_off_the_data_and_every_axis_labelled(
+    notebook: Path,
+) -> None:
+    """Read from the figure records of the chapter's last run (``report.glue`` measures every
+    figure it glues, :func:`localsgd.plotting.figure_report`): at the book's column width no
+    text is below ``MIN_TEXT_PX``, no legend covers data or text, no marker covers a written
+    value, and every axis that shows ticks has a label."""
+    found = sorted((BOOK_FIGURES / notebook.stem).glob("*.json"))
+    if not found:
+        pytest.skip(f"{notebook.stem} has no figure records (it has not run, or draws none)")
+    problems = []
+    for path in found:
         record = json.loads(path.read_text())
-        assert record["smallest_text_px"] >= plotting.MIN_TEXT_PX, (
-            f"{stem}: figure {name} shows {record['smallest_text']!r} at "
-            f"{record['smallest_text_px']:.1f} px on the page (at least {plotting.MIN_TEXT_PX} "
-            f"px needed); it is {record['width_in']:.1f} in wide"
-        )
+        name = record["figure"]
+        if "overlaps" not in record:
+            problems.append(f"{name}: measured by an older build; execute the chapter again")
+            continue
+        if record["smallest_text_px"] < plotting.MIN_TEXT_PX:
+            problems.append(f"{name}: {record['smallest_text']!r} is "
+                            f"{record['smallest_text_px']:.1f} px on the page (at least "
+                            f"{plotting.MIN_TEXT_PX:g} px needed)")
+        problems += [f"{name}: {o}" for o in record["overlaps"] + record["unlabelled"]]
+    assert not problems, f"{notebook.stem}:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("notebook", CASES)
@@ -98,19 +147,19 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(notebook: Path) -> N
         if c.cell_type == "code" and "parameters" in c.get("metadata", {}).get("tags", [])
     ]
     assert len(tagged) == 1, f"{notebook.name}: needs exactly one code cell tagged `parameters`"
-    assert pipeline.notebook_parameters(notebook), f"{notebook.name}: parameters cell is empty"
+    assert parameters.notebook_parameters(notebook), f"{notebook.name}: parameters cell is empty"
 
 
-@pytest.mark.parametrize("profile", pipeline.available_profiles(ROOT) or ["ci"])
+@pytest.mark.parametrize("profile", parameters.available_profiles(ROOT) or ["ci"])
 def test_profiles_name_existing_notebooks_and_valid_parameters(profile: str) -> None:
     if not NOTEBOOKS:
         pytest.skip("no notebooks/*.ipynb yet")
-    entries = pipeline.load_profile(profile, ROOT)
+    entries = parameters.load_profile(profile, ROOT)
     stems = {p.stem for p in NOTEBOOKS}
-    unknown = sorted(k for k in entries if k != pipeline.ALL_KEY and k not in stems)
+    unknown = sorted(k for k in entries if k != parameters.ALL_KEY and k not in stems)
     assert not unknown, f"profile {profile} has entries for missing notebooks: {unknown}"
     for nb in NOTEBOOKS:
-        pipeline.resolve_parameters(nb, entries)  # raises ValueError on a bad name or type
+        parameters.resolve_parameters(nb, entries)  # raises ValueError on a bad name or type
 
 
 MAX_BOOK_CODE_LINES = 1500
@@ -141,3 +190,20 @@ def test_notebooks_hold_little_code_and_share_no_helper() -> None:
         f"the notebooks hold {total} code lines (at most {MAX_BOOK_CODE_LINES}); "
         f"per notebook: {lines}"
     )
+
+
+def test_the_intros_map_links_every_chapter_and_the_algorithms_are_cited_where_introduced():
+    """The intro's map covers every chapter of the table of contents (a chapter added to
+    _toc.yml without a line in the map fails here); FedProx and SCAFFOLD, which chapter 10 runs,
+    are introduced with their citations on the page that defines the algorithms."""
+    intro = (ROOT / "book" / "intro.md").read_text()
+    board = intro.index("## A map of the book")
+    the_map = intro[board:intro.index("\n## ", board + 1)]
+    missing = [s for s in layout.toc_executed_stems(layout.layout(ROOT))
+               if f"executed/{s}.ipynb" not in the_map]
+    assert not missing, f"the intro's map leaves out {missing}"
+    algorithm = (ROOT / "book" / "algorithm.md").read_text()
+    bib = (ROOT / "book" / "references.bib").read_text()
+    for key, name in (("li2020fedprox", "FedProx"), ("karimireddy2020scaffold", "SCAFFOLD")):
+        assert f"{{{key}," in bib, f"{key} is not in references.bib"
+        assert f"{{cite}}`{key}`" in algorithm and f"prf:definition}} {name}" in algorithm

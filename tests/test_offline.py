@@ -127,6 +127,8 @@ def test_the_intro_shows_the_scoreboard_from_the_verdicts():
     article = re.search(r"<article\b.*?</article>", text, flags=re.S)
     body = article.group(0) if article else text
     prose = re.sub(r"<span class=\"math[^>]*>.*?</span>", "", body, flags=re.S)
+    # the scoreboard's links to chapters carry their titles' math for MathJax to typeset
+    prose = re.sub(r"<a class='mathjax_process'[^>]*>.*?</a>", "", prose, flags=re.S)
     assert "\\delta" not in prose, "the intro shows raw TeX outside its math"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import nbformat
@@ -17,75 +16,21 @@ import numpy as np
 import pytest
 
 from localsgd.claims import Check
-from localsgd_book import pipeline, report, scoreboard, sitefiles, tidy
-
-PARAMS_SOURCE = textwrap.dedent(
-    """\
-    width = 8
-    eta = 0.5
-    label = "a"
-    flag = False
-    sizes = [1, 2]
-    """
+from localsgd_book import (
+    layout,
+    parameters,
+    pipeline,
+    records,
+    report,
+    scoreboard,
+    sitefiles,
+    tidy,
 )
-
-BODY_SOURCE = textwrap.dedent(
-    """\
-    import json, os, sys
-    from localsgd.claims import Check
-    from localsgd_book.report import glue, verdict
-    out = {
-        "width": width, "eta": eta, "label": label, "flag": flag, "sizes": list(sizes),
-        "eta_type": type(eta).__name__,
-        "prefix": sys.prefix, "executable": sys.executable, "cwd": os.getcwd(),
-        "results": os.environ.get("LOCALSGD_RESULTS"),
-        "profile": os.environ.get("LOCALSGD_PROFILE"),
-    }
-    os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
-    with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "tiny_out.json"), "w") as fh:
-        json.dump(out, fh)
-    glue("tiny_width", width, fmt="d")
-    verdict("tiny", "width is positive", [Check.at_least("width", width, 1)])
-    """
-)
-
-
-def _notebook(path: Path, params: str | None, *body: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells.append(nbformat.v4.new_markdown_cell("# tiny"))
-    if params is not None:
-        cell = nbformat.v4.new_code_cell(params)
-        cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    for src in body:
-        nb.cells.append(nbformat.v4.new_code_cell(src))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
 
 
 @pytest.fixture
-def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temporary book root with two notebooks and two profiles."""
-    r = tmp_path / "root"
-    _notebook(r / "notebooks" / "tiny.ipynb", PARAMS_SOURCE, BODY_SOURCE)
-    _notebook(
-        r / "notebooks" / "zz_boom.ipynb",
-        "n = 1\n",
-        "x = n + 1",
-        "raise RuntimeError('boom in the second body cell')",
-    )
-    prof = r / "notebooks" / "profiles"
-    prof.mkdir(parents=True)
-    (prof / "ci.yaml").write_text("_all:\n  width: 3\n  not_in_any: 1\ntiny:\n  eta: 0.25\n")
-    (prof / "default.yaml").write_text("tiny: {}\n")
-    monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path / "results"))
-    return r
+def root(tiny_book: Path) -> Path:
+    return tiny_book
 
 
 def _nothing_written(root: Path) -> bool:
@@ -154,28 +99,28 @@ def test_unknown_notebook_is_a_value_error(root: Path) -> None:
 
 
 def test_resolve_parameters_merges_all_profile_and_extra(root: Path) -> None:
-    entries = pipeline.load_profile("ci", root)
+    entries = parameters.load_profile("ci", root)
     nb = root / "notebooks" / "tiny.ipynb"
-    params = pipeline.resolve_parameters(nb, entries, {"eta": 1, "sizes": [3]})
+    params = parameters.resolve_parameters(nb, entries, {"eta": 1, "sizes": [3]})
     # `_all` only passes names the notebook defines; int widens to float; later wins
     assert params == {"width": 3, "eta": 1.0, "sizes": [3]}
     assert isinstance(params["eta"], float)
 
 
-def test_notebook_parameters_reads_the_tagged_cell(root: Path) -> None:
-    defaults = pipeline.notebook_parameters(root / "notebooks" / "tiny.ipynb")
+def test_notebook_parameters_reads_the_tagged_cell(root: Path, write_notebook) -> None:
+    defaults = parameters.notebook_parameters(root / "notebooks" / "tiny.ipynb")
     assert defaults == {"width": 8, "eta": 0.5, "label": "a", "flag": False, "sizes": [1, 2]}
-    untagged = _notebook(root / "untagged.ipynb", None, "x = 1")
+    untagged = write_notebook(root / "untagged.ipynb", None, "x = 1")
     with pytest.raises(ValueError, match="parameters"):
-        pipeline.notebook_parameters(untagged)
+        parameters.notebook_parameters(untagged)
 
 
 def test_resolve_notebook_accepts_stem_file_name_and_path(root: Path) -> None:
     path = (root / "notebooks" / "tiny.ipynb").resolve()
-    assert pipeline.resolve_notebook("tiny", root) == path
-    assert pipeline.resolve_notebook("tiny.ipynb", root) == path
-    assert pipeline.resolve_notebook("notebooks/tiny.ipynb", root) == path
-    assert pipeline.resolve_notebook(str(path), root) == path
+    assert layout.resolve_notebook("tiny", root) == path
+    assert layout.resolve_notebook("tiny.ipynb", root) == path
+    assert layout.resolve_notebook("notebooks/tiny.ipynb", root) == path
+    assert layout.resolve_notebook(str(path), root) == path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +128,7 @@ def test_resolve_notebook_accepts_stem_file_name_and_path(root: Path) -> None:
 
 
 def test_parse_params_papermill_style() -> None:
-    got = pipeline.parse_params(
+    got = parameters.parse_params(
         "-p width 4096 -p tau 20 -p eta 1e-3 -p flag True -p off false -p name resnet "
         "-r raw 123 -p nothing None -p sizes '[1, 2]' -y 'seeds: 3' --parameters tau 21"
     )
@@ -200,14 +145,14 @@ def test_parse_params_papermill_style() -> None:
         "seeds": 3,
     }
     assert isinstance(got["width"], int) and isinstance(got["eta"], float)
-    assert pipeline.parse_params("") == {} and pipeline.parse_params(None) == {}
-    assert pipeline.parse_params(["-p", "a", "1"]) == {"a": 1}
+    assert parameters.parse_params("") == {} and parameters.parse_params(None) == {}
+    assert parameters.parse_params(["-p", "a", "1"]) == {"a": 1}
 
 
 @pytest.mark.parametrize("bad", ["-p width", "width 4096", "-p 1x 3", "-y '[1, 2]'", "-y"])
 def test_parse_params_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError, match="PARAMS"):
-        pipeline.parse_params(bad)
+        parameters.parse_params(bad)
 
 
 def test_cli_unknown_profile_exits_non_zero(root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -271,8 +216,13 @@ def test_execute_runs_the_notebook_with_params_env_and_records(root: Path, capsy
 
     timings = json.loads((results / "timings" / "ci.json").read_text())
     assert timings["profile"] == "ci" and timings["notebooks"]["tiny"]["seconds"] > 0
-    verdict = json.loads((results / "verdicts" / "tiny.json").read_text())
-    assert verdict["holds"] is True and verdict["profile"] == "ci"
+    # the command line's parameters are not profile ci's: the record is kept apart
+    assert not (results / "verdicts").exists()
+    (apart,) = (results / "runs").glob("tiny-*.json")
+    verdict = json.loads(apart.read_text())
+    assert verdict["holds"] is True and verdict["profile"] == "ci" and verdict["book"] is False
+    assert verdict["parameters"] == {"width": 5, "eta": 2.0, "label": "a", "flag": False,
+                                     "sizes": [1, 2]}
     assert not list(results.rglob("*.tmp"))
 
 
@@ -309,20 +259,26 @@ def test_verdict_writes_json_atomically_with_computed_holds(tmp_path, monkeypatc
         Check.between("slope", -1.0, -2.0, 0.0),
     ]
     record = report.verdict("02_demo", "the loss falls", checks)
-    path = tmp_path / "verdicts" / "02_demo.json"
+    # no session was started (no notebook checked its parameters): the record is kept apart
+    (path,) = (tmp_path / "runs").iterdir()  # no temp file left
+    assert path.name == f"02_demo-{records.parameters_digest(None)}.json"
     on_disk = json.loads(path.read_text())
     assert on_disk == record
     assert on_disk["holds"] is False
     assert [c["holds"] for c in on_disk["checks"]] == [False, True, True]
     assert on_disk["checks"][0]["measured"] == pytest.approx(0.75)
     assert on_disk["profile"] == "ci" and on_disk["claim"] == "the loss falls"
-    assert set(on_disk) == {"chapter", "claim", "holds", "checks", "profile"}
-    assert [p.name for p in path.parent.iterdir()] == ["02_demo.json"]  # no temp file left
+    assert on_disk["book"] is False and on_disk["parameters"] is None
+    assert on_disk["headline"] == ["loss ratio"]
+    assert set(on_disk) == {"chapter", "claim", "holds", "checks", "headline", "profile", "book",
+                            "parameters", "commit", "dirty", "versions", "platform", "runs",
+                            "created"}
     out = capsys.readouterr().out
     assert "DOES NOT HOLD" in out and "loss ratio" in out
 
     report.verdict("02_demo", "the loss falls", checks[1:])
     assert json.loads(path.read_text())["holds"] is True
+    assert not (tmp_path / "verdicts").exists()
 
 
 def test_check_refuses_a_hard_coded_non_boolean_and_handles_nan(tmp_path, monkeypatch) -> None:
@@ -339,10 +295,8 @@ def test_check_refuses_a_hard_coded_non_boolean_and_handles_nan(tmp_path, monkey
         report.verdict("a/b", "claim", [nan])
     record = report.verdict("nan_case", "stays finite", [nan])
     assert record["holds"] is False
-    assert (
-        json.loads((tmp_path / "verdicts" / "nan_case.json").read_text())["checks"][0]["measured"]
-        == "nan"
-    )
+    (path,) = (tmp_path / "runs").glob("nan_case-*.json")
+    assert json.loads(path.read_text())["checks"][0]["measured"] == "nan"
 
 
 def test_glue_outside_a_kernel_is_a_no_op() -> None:
@@ -440,21 +394,21 @@ def _toc(root: Path, *stems: str) -> None:
     )
 
 
-def test_notebooks_execute_in_toc_order(root: Path) -> None:
-    _notebook(root / "notebooks" / "aa_last.ipynb", "n = 1\n")
-    assert [p.stem for p in pipeline.list_notebooks(root)] == ["aa_last", "tiny", "zz_boom"]
+def test_notebooks_execute_in_toc_order(root: Path, write_notebook) -> None:
+    write_notebook(root / "notebooks" / "aa_last.ipynb", "n = 1\n")
+    assert [p.stem for p in layout.list_notebooks(root)] == ["aa_last", "tiny", "zz_boom"]
     _toc(root, "zz_boom", "tiny")
-    assert [p.stem for p in pipeline.list_notebooks(root)] == ["zz_boom", "tiny", "aa_last"]
+    assert [p.stem for p in layout.list_notebooks(root)] == ["zz_boom", "tiny", "aa_last"]
 
 
-def test_colab_link_only_with_a_public_repository(tmp_path: Path) -> None:
+def test_colab_link_only_with_a_public_repository(tmp_path: Path, write_notebook) -> None:
     assert tidy.colab_url("", "01_setting") is None
     assert tidy.colab_url("https://example.org/a/b", "01_setting") is None
     url = tidy.colab_url("https://github.com/owner/book/", "01_setting", "dev")
     assert url == (
         "https://colab.research.google.com/github/owner/book/blob/dev/notebooks/01_setting.ipynb"
     )
-    path = _notebook(tmp_path / "01_setting.ipynb", "n = 1\n")
+    path = write_notebook(tmp_path / "01_setting.ipynb", "n = 1\n")
     tidy.tidy_executed(path, "ci", "", "main")
     cells = nbformat.read(str(path), as_version=4).cells
     assert not any("Colab" in c.source for c in cells)
@@ -480,24 +434,32 @@ def test_scoreboard_is_built_from_the_verdict_records(tmp_path: Path) -> None:
     _record(v, "01_a", True, "Norms stay\nnear 1.", profile="default")
     _record(v, "zz_extra", True, "not in the book")
     (v / "broken.json").write_text("{not json")
-    text = scoreboard.scoreboard_markdown(["01_a", "02_b", "03_c"], scoreboard.load_verdicts(v))
+    text = scoreboard.scoreboard_markdown(
+        ["01_a", "02_b", "03_c"], records.load_records(v),
+        titles={"01_a": "Norms at $t = 0$", "02_b": "The gap", "03_c": "Later"},
+        marks={"02_b": ["commit 1234567, not this build's abcdef0"]})
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")][2:]
+    # titles, not file names, each linked to the chapter's verdict box, with its math rendered
     assert rows[0] == (
-        "| {doc}`01_a </book/executed/01_a>` | Norms stay near 1. | **HOLDS** | `default` |")
+        "| <a class='mathjax_process' href='executed/01_a.html#verdict-01_a'>Norms at "
+        "\\(t = 0\\)</a> | Norms stay near 1. | **HOLDS** | `default` |")
     assert rows[1] == (
-        "| {doc}`02_b </book/executed/02_b>` | The gap $g$ is \\| small | **DOES NOT HOLD** "
-        "| `ci` |")
-    assert rows[2] == "| {doc}`03_c </book/executed/03_c>` |  | not run yet |  |"
-    assert rows[3].startswith("| `zz_extra` | not in the book | **HOLDS**")
-    assert "2 of 3 verdicts hold; 1 chapters have not run yet." in text
+        "| <a class='mathjax_process' href='executed/02_b.html#verdict-02_b'>The gap</a> "
+        "| The gap $g$ is \\| small | **DOES NOT HOLD** "
+        "| `ci`<br>⚠ commit 1234567, not this build's abcdef0 |")
+    assert rows[2] == (
+        "| <a class='mathjax_process' href='executed/03_c.html'>Later</a> |  | not run yet |  |")
+    assert rows[3].startswith("| zz_extra | not in the book | **HOLDS**")
+    assert ("2 of 3 verdicts hold; 1 chapters have not run yet; 1 records (⚠) differ from this "
+            "build.") in text
 
 
 def test_render_writes_the_scoreboard_and_empties_the_html_folder_first(
-    root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch, write_notebook
 ) -> None:
     _toc(root, "tiny", "zz_boom")
     for stem in ("tiny", "zz_boom"):
-        _notebook(root / "book" / "executed" / f"{stem}.ipynb", "n = 1\n")
+        write_notebook(root / "book" / "executed" / f"{stem}.ipynb", "n = 1\n")
     results = Path(os.environ["LOCALSGD_RESULTS"])
     _record(results / "verdicts", "tiny", True, "width is positive")
     stale = root / "book" / "_build" / "html" / "_images" / "old.png"
@@ -513,8 +475,9 @@ def test_render_writes_the_scoreboard_and_empties_the_html_folder_first(
     monkeypatch.setattr(pipeline, "_jupyter_book_command", fake_build)
     pipeline.render(root=root)
     assert not stale.exists()
-    assert "| {doc}`tiny </book/executed/tiny>` | width is positive | **HOLDS** | `ci` |" in (
-        seen["board"])
+    assert ("| <a class='mathjax_process' href='executed/tiny.html#verdict-tiny'>tiny</a> | width "
+            "is positive | **HOLDS** | `ci`<br>⚠ no provenance (written before records carried "
+            "it) |") in seen["board"]
     assert "zz_boom" in seen["board"] and "not run yet" in seen["board"]
 
 

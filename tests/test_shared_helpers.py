@@ -73,3 +73,45 @@ def test_pins_read_only_exact_pins(tmp_path):
     req.write_text("# comment\njax[cuda12]==0.4.1 ; sys_platform == 'linux'\nflax>=0.8\n"
                    "numpy == 2.0.0\n")
     assert environment.pins(req) == {"jax": "0.4.1", "numpy": "2.0.0"}
+
+
+@pytest.mark.parametrize(
+    "value, fmt, text",
+    [
+        (4096.0, None, "4096"),
+        (np.float64(17600.0), None, "17600"),
+        (np.int64(7), None, "7"),
+        (float("inf"), None, "not reached"),
+        ("inf", None, "not reached"),  # as a JSON record holds it
+        (float("nan"), None, "n/a"),
+        (0.000123, ".1f", "0.00012"),  # significant digits, never "0.0"
+        (0.0, ".1f", "0.0"),
+        (0.123456, None, "0.1235"),
+        (1.23e-7, None, "1.23 × 10⁻⁷"),
+        (12345.678, None, "12346"),
+        (2.0, ".2f", "2.00"),
+        (3, ".3g", "3"),
+        (True, None, "True"),
+        ("text", None, "text"),
+    ],
+)
+def test_numbers_are_written_one_way(value, fmt, text):
+    assert analysis.format_number(value, fmt) == text
+
+
+def test_tables_glue_and_verdict_boxes_write_numbers_with_the_one_helper(monkeypatch):
+    from localsgd.claims import Check
+    from localsgd_book import report
+
+    table = analysis.markdown_table(["m", "rounds", "stderr"], [[4096.0, float("inf"), 1e-5]])
+    assert table.splitlines()[-1] == "| 4096 | not reached | 1 × 10⁻⁵ |"
+    glued = {}
+    monkeypatch.setattr(report, "_myst_glue", lambda name, value: glued.update({name: repr(value)}))
+    report.glue("m", np.float64(4096.0))
+    report.glue("rounds", float("inf"))
+    report.glue("se", 0.00004, fmt=".1f")
+    assert glued == {"m": "4096", "rounds": "not reached", "se": "4 × 10⁻⁵"}
+    record = {"chapter": "x", "claim": "c", "holds": False, "profile": "ci", "book": True}
+    check = Check.at_most("rounds to \\(\\varepsilon\\)", float("inf"), 100)
+    box = report._verdict_html(record, [check], "verdicts/x.json")
+    assert ">not reached<" in box and "mathjax_process" in box

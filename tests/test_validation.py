@@ -20,7 +20,7 @@ from localsgd import data as dt
 from localsgd import engine as en
 from localsgd import experiments as ex
 from localsgd import model
-from localsgd_book import pipeline
+from localsgd_book import parameters, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n=16, d=6, m=8, L=1, num_clients=4, rounds=2)
@@ -160,7 +160,7 @@ CASES = [
                  id="activation-unknown"),
     pytest.param(exp_run(partition="random"), "partition", "'random'", ("iid", "dirichlet"),
                  id="partition-unknown"),
-    pytest.param(lambda tmp: pipeline.load_profile("fast", ROOT), "profile", "'fast'",
+    pytest.param(lambda tmp: parameters.load_profile("fast", ROOT), "profile", "'fast'",
                  ("allowed", "ci"), id="profile-unknown"),
     pytest.param(exp_run(partition="dirichlet", alpha=0), "alpha", "0", ("positive finite",),
                  id="alpha-zero"),

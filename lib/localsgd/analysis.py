@@ -1,10 +1,13 @@
 """Fits and summaries of recorded runs: linear-rate fits of log-loss, log-log slopes with their
-uncertainty, iterations to reach a target loss, and the Markdown tables the chapters show.
-NumPy and SciPy only, on the arrays a run returns."""
+uncertainty, iterations to reach a target loss, and the Markdown tables the chapters show, with
+their numbers written one way (:func:`format_number`). NumPy and SciPy only, on the arrays a run
+returns."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+import numbers
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -63,18 +66,76 @@ def exponent(x, y) -> float:
     return fit(x, y, log="xy").slope
 
 
+NOT_REACHED = "not reached"
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _as_number(value: Any) -> Any:
+    """numpy / jax scalars -> Python numbers; the strings that JSON records hold for non-finite
+    floats ("inf", "-inf", "nan") -> floats; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        value = value.item()
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def format_number(value: Any, fmt: str | None = None) -> str:
+    """A number as the book writes it, in tables, glued text and verdict boxes.
+
+    * an integer, or a float equal to one (below 10^15), as an integer: ``4096``, not ``4096.0``
+      (unless ``fmt`` asks for fixed or exponent notation, ``".2f"``, ``".1e"``);
+    * infinity as ``"not reached"`` (a count of rounds or iterations for a run that never reached
+      its target), minus infinity as ``"−∞"``, NaN as ``"n/a"``; the strings ``"inf"`` and
+      ``"nan"`` of a JSON record likewise;
+    * otherwise with ``fmt`` (a format spec such as ``".3f"``) or, by default, four significant
+      digits (whole numbers from 10^4 on), a power of ten written ``1.2 × 10⁻⁷``; a nonzero
+      value that ``fmt`` would round to zero (``"0.0"``) gets two significant digits instead.
+
+    Booleans and other values come back as ``str(value)``.
+    """
+    value = _as_number(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    kind = fmt[-1:] if fmt else "g"
+    if isinstance(value, numbers.Integral):
+        return format(int(value), fmt) if kind in "deEfF%" else str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return NOT_REACHED if value > 0 else "−∞"
+    if value.is_integer() and abs(value) < 1e15 and kind in "gGd":
+        return str(int(value))
+    if fmt is None and 1e4 <= abs(value) < 1e15:
+        return f"{value:.0f}"
+    text = format(value, ".4g" if fmt is None or kind == "d" else fmt)
+    if value != 0 and not any(ch in "123456789" for ch in text.split("e")[0]):
+        text = format(value, ".2g")
+    return _power_of_ten(text)
+
+
+def _power_of_ten(text: str) -> str:
+    """``"1.2e-07"`` -> ``"1.2 × 10⁻⁷"``; text without an exponent unchanged."""
+    if "e" not in text or text.startswith(("n", "-n")):
+        return text
+    mantissa, exp = text.split("e")
+    exp = str(int(exp)).translate(_SUPERSCRIPT)
+    return f"{mantissa} × 10{exp}"
+
+
 def markdown_table(header, rows, align: str | None = None) -> str:
     """A Markdown pipe table: ``header`` is a sequence of column titles, ``rows`` a sequence of
-    sequences of cells (already formatted strings, or numbers shown with ``:.4g``). ``align``:
-    one character per column, ``l`` or ``r`` (default: left for the first column, right for the
-    rest)."""
+    sequences of cells (already formatted strings, or numbers written by
+    :func:`format_number`). ``align``: one character per column, ``l`` or ``r`` (default: left
+    for the first column, right for the rest)."""
     header = [str(h) for h in header]
     align = align or "l" + "r" * (len(header) - 1)
     if len(align) != len(header) or set(align) - {"l", "r"}:
         raise ValueError(f"align must be {len(header)} characters of 'l' or 'r', got {align!r}")
 
     def cell(v):
-        return format(v, ".4g") if isinstance(v, float | np.floating) else str(v)
+        return v if isinstance(v, str) else format_number(v)
 
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]

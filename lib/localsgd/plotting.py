@@ -1,10 +1,17 @@
-"""The book's figure style, in one place: figures sized for the book's text column.
+"""The book's figure style, in one place: figures drawn for the book's text column, legends off
+the data, every panel's axes labelled.
 
-The rendered book shows a figure at most :data:`COLUMN_PX` pixels wide (the text column of the
-book's theme on a desktop screen), so a figure wider than :data:`COLUMN_INCHES` is shrunk and its
-text with it. :func:`figure` therefore always makes figures of the column's width, with fonts of
-11 pt (legends 9.5 pt); panels beyond two go on further rows. :func:`smallest_text_px` says how
-large the smallest text of a figure will appear on the page; the book's tests require 9 px.
+The rendered book shows a figure at most :data:`COLUMN_PX` CSS pixels wide (the text column of
+the book's theme at a 1280-pixel-wide window; 352 on a 400-pixel phone), so a wider figure is
+shrunk and its text with it. :func:`figure` therefore makes figures :data:`COLUMN_INCHES` wide at
+:data:`DPI` dots per inch, exactly the column, with fonts of 9 to 10.5 pt (12 to 14 px on the
+page); panels beyond two go on further rows. Labels take Matplotlib's mathtext
+(``r"$\\lambda_{\\min}$"``).
+
+:func:`figure_report` measures a finished figure as the page will show it: the size of its
+smallest text (:func:`smallest_text_px`; the book's tests require :data:`MIN_TEXT_PX`), the
+places where a legend covers data or a marker covers a text (:func:`overlaps`), and the axes
+that show ticks without a label (:func:`unlabelled_axes`).
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ import numpy as np
 
 from .analysis import band, fit_line
 
-COLUMN_INCHES = 7.0  # figure width that fills the text column
-COLUMN_PX = 690  # the text column's width on the page, in CSS pixels
-MIN_TEXT_PX = 9.0  # the smallest text a figure may show on the page
+COLUMN_PX = 672  # the text column's width on the page at a 1280-px window, in CSS pixels
+DPI = 96  # dots per inch of the figures the notebooks show: COLUMN_INCHES fill the column
+COLUMN_INCHES = COLUMN_PX / DPI  # 7 inches
+MIN_TEXT_PX = 10.0  # the smallest text a figure may show on the page
+TIGHT_PAD_INCHES = 0.1  # the margin that the notebook's inline images add (bbox_inches="tight")
 
 PALETTE = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8d6a9f", "#3d405b"]
 
@@ -25,22 +34,23 @@ PALETTE = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8
 def use_style() -> None:
     """Sets the shared matplotlib style (call once at the top of a notebook)."""
     mpl.rcParams.update({
-        "figure.figsize": (6.4, 3.8),
-        "figure.dpi": 110,
-        "savefig.dpi": 150,
+        "figure.figsize": (COLUMN_INCHES, 3.2),
+        "figure.dpi": DPI,
+        "savefig.dpi": 2 * DPI,
         "axes.grid": True,
         "grid.alpha": 0.3,
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.prop_cycle": mpl.cycler(color=PALETTE),
         "legend.frameon": False,
-        "font.size": 11,
-        "axes.titlesize": 11.5,
-        "axes.labelsize": 11,
-        "xtick.labelsize": 10,
-        "ytick.labelsize": 10,
-        "legend.fontsize": 9.5,
-        "legend.title_fontsize": 10,
+        "font.size": 10,
+        "axes.titlesize": 10.5,
+        "axes.labelsize": 10,
+        "xtick.labelsize": 9,
+        "ytick.labelsize": 9,
+        "legend.fontsize": 9,
+        "legend.title_fontsize": 9.5,
+        "mathtext.fontset": "dejavusans",
         "lines.linewidth": 1.8,
     })
 
@@ -62,16 +72,23 @@ def figure(ncols: int = 1, nrows: int = 1, width: float | None = None,
     return plt.subplots(nrows, ncols, figsize=(width, height), constrained_layout=True, **kw)
 
 
+def shown_width_inches(fig) -> float:
+    """The width of the image the notebook shows for ``fig``: its tight bounding box plus the
+    inline backend's margin (a legend placed outside the axes widens it)."""
+    fig.canvas.draw()
+    tight = fig.get_tightbbox(fig.canvas.get_renderer())
+    return float(tight.width) + 2 * TIGHT_PAD_INCHES
+
+
 def smallest_text_px(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
     """How tall the smallest visible text of ``fig`` appears on the page, in CSS pixels, and
-    that text. The page shows the figure's PNG (rendered at ``fig.dpi``) at its own size, or
-    shrunk to ``column_px`` when wider; a font of ``s`` points is then
-    ``s / 72 * min(dpi, column_px / width_in)`` pixels tall. Returns ``(inf, "")`` for a figure
-    without text."""
+    that text. The page shows the figure's image (rendered at ``fig.dpi``, as wide as
+    :func:`shown_width_inches`) at its own size, or shrunk to ``column_px`` when wider; a font
+    of ``s`` points is then ``s / 72 * min(dpi, column_px / width)`` pixels tall. Returns
+    ``(inf, "")`` for a figure without text."""
     from matplotlib.text import Text
 
-    fig.canvas.draw()  # tick labels get their text at draw time
-    px_per_pt = min(fig.dpi, column_px / fig.get_figwidth()) / 72.0
+    px_per_pt = min(fig.dpi, column_px / shown_width_inches(fig)) / 72.0
     best, which = float("inf"), ""
     for t in fig.findobj(Text):
         if not t.get_visible() or not t.get_text().strip():
@@ -82,6 +99,179 @@ def smallest_text_px(fig, column_px: float = COLUMN_PX) -> tuple[float, str]:
         if size < best:
             best, which = float(size), t.get_text()
     return best, which
+
+
+def _panels(fig) -> list:
+    """The visible axes that show data (colour bars left out)."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.axison
+            and not hasattr(ax, "_colorbar")]
+
+
+def unlabelled_axes(fig) -> list[str]:
+    """Every axis of a panel that shows tick labels but has no label, in words
+    (``"panel 2: the y axis has no label"``); panels are numbered in the order they were
+    made."""
+    fig.canvas.draw()
+    out = []
+    for i, ax in enumerate(_panels(fig), start=1):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            ticks = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            if ticks and axis.get_visible() and not axis.get_label_text().strip():
+                out.append(f"panel {i}: the {name} axis has no label")
+    return out
+
+
+def _shrunk(bbox, by: float):
+    from matplotlib.transforms import Bbox
+
+    if bbox.width <= 2 * by or bbox.height <= 2 * by:
+        return bbox
+    return Bbox.from_extents(bbox.x0 + by, bbox.y0 + by, bbox.x1 - by, bbox.y1 - by)
+
+
+def _segments_hit(xy, region, filled: bool = False) -> bool:
+    """Whether the polyline (or polygon) of display points ``xy: (p, 2)`` meets ``region``;
+    non-finite points break the line."""
+    from matplotlib.path import Path
+
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    ok = np.all(np.isfinite(xy), axis=1)
+    runs = np.split(xy, np.flatnonzero(~ok))
+    for run in runs:
+        run = run[np.all(np.isfinite(run), axis=1)]
+        if len(run) == 1 and region.contains(*run[0]):
+            return True
+        if len(run) >= 2 and Path(run).intersects_bbox(region, filled=filled):
+            return True
+    return False
+
+
+def _points_hit(xy, region, radius_px: float) -> bool:
+    xy = np.asarray(xy, float).reshape(-1, 2)
+    xy = xy[np.all(np.isfinite(xy), axis=1)]
+    return bool(np.any((xy[:, 0] >= region.x0 - radius_px) & (xy[:, 0] <= region.x1 + radius_px)
+                       & (xy[:, 1] >= region.y0 - radius_px) & (xy[:, 1] <= region.y1 + radius_px)))
+
+
+def _artist_hits(artist, region, fig) -> bool:
+    """Whether a data artist of a panel (line, markers, band, bars, image) is drawn inside
+    ``region`` (display coordinates, already cut to the panel)."""
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+    from matplotlib.lines import Line2D
+
+    if isinstance(artist, Line2D):
+        xy = artist.get_transform().transform(artist.get_xydata())
+        drawn = artist.get_linestyle() not in ("None", "none", "", " ")
+        marker = artist.get_marker() not in (None, "None", "none", "", " ")
+        radius = artist.get_markersize() / 2 * fig.dpi / 72
+        return (drawn and _segments_hit(xy, region)) or (marker and _points_hit(xy, region,
+                                                                                radius))
+    if isinstance(artist, PathCollection):
+        xy = artist.get_offset_transform().transform(artist.get_offsets())
+        sizes = artist.get_sizes()
+        radius = float(np.sqrt(np.max(sizes)) / 2 * fig.dpi / 72) if len(sizes) else 0.0
+        return _points_hit(xy, region, radius)
+    if isinstance(artist, PolyCollection | LineCollection):
+        transform = artist.get_transform()
+        filled = isinstance(artist, PolyCollection)
+        return any(_segments_hit(transform.transform(p.vertices), region, filled=filled)
+                   for p in artist.get_paths() if len(p.vertices))
+    extent = artist.get_window_extent(fig.canvas.get_renderer())
+    return bool(extent.overlaps(region))
+
+
+def _name(artist) -> str:
+    """An artist as a reader would name it: its legend label, else its kind."""
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
+    from matplotlib.image import AxesImage
+    from matplotlib.lines import Line2D
+
+    label = artist.get_label() if hasattr(artist, "get_label") else ""
+    if label and not label.startswith("_"):
+        return repr(label)
+    kinds = [(PathCollection, "points"), (PolyCollection, "a band"), (LineCollection, "lines"),
+             (AxesImage, "an image")]
+    if isinstance(artist, Line2D):
+        return "markers" if _marks(artist) and artist.get_linestyle() in ("None", "") else "a line"
+    return next((name for kind, name in kinds if isinstance(artist, kind)),
+                type(artist).__name__)
+
+
+def overlaps(fig) -> list[str]:
+    """Where a legend covers data or text, or a marker covers a text, in words
+    (``"panel 2: the legend covers 'm = 64'"``).
+
+    A legend (its box less its padding) covers: any line, marker, band, bar or image of a panel
+    that it meets inside the panel's axes, any text written in a panel, and any axis label, tick
+    label or title of the figure. A marker covers a text written in a panel (an annotation, a
+    heat map's cell value) when it is drawn within the text's box. Returns ``[]`` for a clean
+    figure.
+    """
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = _panels(fig)
+    legends = [leg for leg in [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+               if leg is not None and leg.get_visible()]
+    out = []
+    for leg in legends:
+        pad = leg.borderpad * leg.prop.get_size_in_points() * fig.dpi / 72
+        box = _shrunk(leg.get_window_extent(renderer), pad)
+        for i, ax in enumerate(panels, start=1):
+            inside = Bbox.intersection(box, ax.bbox)
+            if inside is not None and inside.width > 0 and inside.height > 0:
+                data = [*ax.lines, *ax.collections, *ax.patches, *ax.images]
+                out += [f"panel {i}: the legend covers {_name(a)}" for a in data
+                        if a.get_visible() and _artist_hits(a, inside, fig)]
+            texts = [*ax.texts, ax.xaxis.label, ax.yaxis.label, ax.title,
+                     *ax.get_xticklabels(), *ax.get_yticklabels()]
+            out += [f"panel {i}: the legend covers the text {t.get_text()!r}" for t in texts
+                    if t.get_visible() and t.get_text().strip()
+                    and _area(box, t.get_window_extent(renderer)) > 1.0]
+    for i, ax in enumerate(panels, start=1):
+        markers = [a for a in [*ax.lines, *ax.collections] if a.get_visible()]
+        for t in ax.texts:
+            if not (t.get_visible() and t.get_text().strip()):
+                continue
+            box = t.get_window_extent(renderer)
+            out += [f"panel {i}: {_name(a)} covers the text {t.get_text()!r}" for a in markers
+                    if _marks(a) and _artist_hits(a, box, fig)]
+    return list(dict.fromkeys(out))
+
+
+def _marks(artist) -> bool:
+    """Whether an artist draws markers (points), which may cover a text written in a panel."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.lines import Line2D
+
+    if isinstance(artist, Line2D):
+        return artist.get_marker() not in (None, "None", "none", "", " ")
+    return isinstance(artist, PathCollection)
+
+
+def _area(a, b) -> float:
+    from matplotlib.transforms import Bbox
+
+    both = Bbox.intersection(a, b)
+    return 0.0 if both is None else max(0.0, both.width) * max(0.0, both.height)
+
+
+def figure_report(fig, column_px: float = COLUMN_PX) -> dict:
+    """What the page will show of ``fig``: its size (inches, and the width of the image shown),
+    the smallest text in CSS pixels at ``column_px`` and that text, where a legend or a marker
+    covers something (:func:`overlaps`) and the unlabelled axes (:func:`unlabelled_axes`)."""
+    px, text = smallest_text_px(fig, column_px)
+    return {
+        "width_in": float(fig.get_figwidth()),
+        "height_in": float(fig.get_figheight()),
+        "shown_width_in": shown_width_inches(fig),
+        "column_px": column_px,
+        "smallest_text_px": px,
+        "smallest_text": text,
+        "overlaps": overlaps(fig),
+        "unlabelled": unlabelled_axes(fig),
+    }
 
 
 def seed_band(ax, x, values, label=None, color=None, log: bool = False, **kw):

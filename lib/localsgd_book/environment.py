@@ -12,11 +12,10 @@ import json
 import os
 import platform
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from localsgd_book import pipeline
+from localsgd_book import layout, parameters
 
 SHOWN_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "scikit-learn", "matplotlib",
                   "papermill", "myst-nb", "jupyter-book", "sphinx")
@@ -87,7 +86,7 @@ def platform_table(profile: str) -> str:
         "CPU": cpu_model(),
         "CPU cores (os.cpu_count)": os.cpu_count(),
         "operating system": platform.platform(),
-        "Python": f"{platform.python_version()} ({sys.executable})",
+        "Python": f"{platform.python_version()} ({platform.python_implementation()})",
         "profile that built this page": profile,
     }
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()])
@@ -98,30 +97,33 @@ def _shown(value: Any) -> str:
 
 
 def _overrides(entries: dict[str, dict], stem: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    merged = {k: v for k, v in (entries.get(pipeline.ALL_KEY) or {}).items() if k in defaults}
+    merged = {k: v for k, v in (entries.get(parameters.ALL_KEY) or {}).items() if k in defaults}
     merged.update(entries.get(stem) or {})
     return merged
 
 
 def profiles_tables(root: str | os.PathLike[str], current: str) -> tuple[str, list[str]]:
-    """One Markdown table per notebook: each parameter's value under each profile, in bold where
-    the profile sets it, plain where the notebook's default applies; ``current`` is marked.
-    Returns (markdown, profile names)."""
-    profiles = pipeline.available_profiles(root)
-    entries = {p: pipeline.load_profile(p, root) for p in profiles}
+    """One Markdown table per notebook, under the chapter's title: each parameter's value under
+    each profile, in bold where the profile sets it, plain where the notebook's default applies;
+    ``current`` is marked. The tables fold into one collapsible section (a sphinx-design
+    ``dropdown``), closed until the reader opens it. Returns (markdown, profile names)."""
+    profiles = parameters.available_profiles(root)
+    entries = {p: parameters.load_profile(p, root) for p in profiles}
     head = "| parameter | " + " | ".join(
         f"**{p}** (this build)" if p == current else p for p in profiles) + " |"
     blocks = []
-    for path in pipeline.list_notebooks(root):
-        defaults = pipeline.notebook_parameters(path)
+    for path in layout.list_notebooks(root):
+        defaults = parameters.notebook_parameters(path)
         over = {p: _overrides(entries[p], path.stem, defaults) for p in profiles}
-        lines = [f"**{path.stem}**", "", head, "|---|" + "---|" * len(profiles)]
+        lines = [f"**{layout.chapter_title(path)}** (`{path.stem}`)", "", head,
+                 "|---|" + "---|" * len(profiles)]
         for k in list(defaults) + sorted(set().union(*over.values()) - set(defaults)):
             cells = [f"**{_shown(over[p][k])}**" if k in over[p] else _shown(defaults.get(k))
                      for p in profiles]
             lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
-    return "\n\n".join(blocks), profiles
+    title = f"The parameters of the {len(blocks)} chapters under each profile"
+    return f"````{{dropdown}} {title}\n\n" + "\n\n".join(blocks) + "\n````", profiles
 
 
 def timings_table(results: str | os.PathLike[str], profile: str) -> tuple[str, float, int]:

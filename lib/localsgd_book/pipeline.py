@@ -8,22 +8,15 @@ Command line (run from anywhere; paths resolve against the repository root)::
                                              [-r NAME VALUE ...]
     python -m localsgd_book.pipeline render  [--warnings-as-errors]
 
-Profiles are YAML files ``notebooks/profiles/<profile>.yaml``: a mapping from notebook stem to a
-mapping of papermill parameters, plus an optional ``_all`` mapping whose entries go to every
-notebook whose ``parameters`` cell defines them. For one notebook the parameters are, later
-winning: ``_all``, then the notebook's own entry, then the command line.
-
-Every parameter is checked against the notebook's ``parameters``-tagged cell before anything
-runs: it must be a name that cell assigns, with a value of the type of the default there (an
-int is accepted, and converted, where the default is a float; a float must be finite). A bad
-name, value or profile is a ``ValueError`` that names it (and, for YAML that does not parse or
-uses a ``!!python`` tag, the flag or file and the line), raised before any notebook runs and
-before anything is written.
+Profiles and parameters (what a chapter runs with, and how a bad value is refused before any
+notebook runs and before anything is written) are :mod:`localsgd_book.parameters`; where the files
+are, :mod:`localsgd_book.layout`. This module executes and renders.
 
 Notebooks run with papermill on the kernel ``python3``, with the repository root as working
 directory, writing ``book/executed/<stem>.ipynb``. The kernel sees two environment variables:
 ``LOCALSGD_RESULTS`` (an absolute path, ``<root>/results`` unless already set) and
-``LOCALSGD_PROFILE``. Run times go to ``$LOCALSGD_RESULTS/timings/<profile>.json``.
+``LOCALSGD_PROFILE``. Run times go to ``$LOCALSGD_RESULTS/timings/<profile>.json``; the figure
+records of a chapter (``$LOCALSGD_RESULTS/figures/<stem>/``) are emptied before it runs.
 Notebooks run in the order of ``_toc.yml`` (any not listed there follow, by name). Each executed
 notebook is then tidied for reading (:mod:`localsgd_book.tidy`: the parameters shown once).
 
@@ -35,11 +28,9 @@ only what the pages load (:mod:`localsgd_book.sitefiles`).
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import shlex
@@ -52,57 +43,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localsgd.store import results_dir, write_json_atomic
+from localsgd.store import write_json_atomic
 
-from . import scoreboard, sitefiles, tidy
+from . import records, scoreboard, sitefiles, tidy
+from .layout import (
+    layout,
+    list_notebooks,
+    resolve_notebook,
+    toc_executed_stems,
+    toc_notebooks_without_source,
+)
+from .parameters import ALL_KEY, load_profile, parse_params, resolve_parameters
 
 KERNEL_NAME = "python3"
-PARAMETERS_TAG = "parameters"
-ALL_KEY = "_all"
-
-
-def default_root() -> Path:
-    """The repository root: the folder holding ``_config.yml`` above this file, else the cwd."""
-    here = Path(__file__).resolve().parents[2]
-    if (here / "_config.yml").exists() and (here / "notebooks").is_dir():
-        return here
-    return Path.cwd()
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where the pipeline reads and writes, all under one root (the repository, or a test's
-    temporary folder)."""
-
-    root: Path
-
-    @property
-    def notebooks(self) -> Path:
-        return self.root / "notebooks"
-
-    @property
-    def profiles(self) -> Path:
-        return self.notebooks / "profiles"
-
-    @property
-    def executed(self) -> Path:
-        return self.root / "book" / "executed"
-
-    @property
-    def results(self) -> Path:
-        return results_dir(self.root).resolve()
-
-    @property
-    def html(self) -> Path:
-        return self.root / "book" / "_build" / "html"
-
-    @property
-    def scoreboard(self) -> Path:
-        return self.root / "book" / "_generated" / "scoreboard.md"
-
-
-def _layout(root: str | os.PathLike[str] | None) -> Layout:
-    return Layout(Path(root).resolve() if root is not None else default_root())
 
 
 class NotebookFailed(RuntimeError):
@@ -111,278 +64,6 @@ class NotebookFailed(RuntimeError):
     def __init__(self, notebook: str, message: str):
         super().__init__(message)
         self.notebook = notebook
-
-
-# --------------------------------------------------------------------------------------------
-# profiles and notebooks
-
-
-def available_profiles(root: str | os.PathLike[str] | None = None) -> list[str]:
-    """Names of the profiles present under ``notebooks/profiles/`` (sorted)."""
-    lay = _layout(root)
-    return sorted(p.stem for p in lay.profiles.glob("*.yaml"))
-
-
-def load_profile(profile: str, root: str | os.PathLike[str] | None = None) -> dict[str, dict]:
-    """Read ``notebooks/profiles/<profile>.yaml`` as ``{stem: {param: value}}``.
-
-    Raises ValueError naming ``profile`` when there is no such profile or its file is not a
-    mapping of mappings.
-    """
-    lay = _layout(root)
-    allowed = available_profiles(lay.root)
-    if not isinstance(profile, str) or profile not in allowed:
-        raise ValueError(f"profile={profile!r} is not a known profile; allowed: {allowed}")
-
-    path = lay.profiles / f"{profile}.yaml"
-    data = _safe_yaml(path.read_text(), f"profile={profile!r}: {path}") or {}
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"profile={profile!r}: {path} must hold a mapping, not {type(data).__name__}"
-        )
-    out: dict[str, dict] = {}
-    for key, value in data.items():
-        value = {} if value is None else value
-        if not isinstance(value, dict):
-            raise ValueError(
-                f"profile={profile!r}: entry {key!r} in {path} must be a mapping of parameters, "
-                f"not {value!r}"
-            )
-        out[str(key)] = dict(value)
-    return out
-
-
-def list_notebooks(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Every ``notebooks/*.ipynb``: those ``_toc.yml`` lists, in its order, then the rest by
-    name."""
-    lay = _layout(root)
-    found = {p.stem: p for p in sorted(lay.notebooks.glob("*.ipynb"))}
-    ordered = [found.pop(s) for s in _toc_executed_stems(lay) if s in found]
-    return ordered + list(found.values())
-
-
-def _safe_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load(text)``; malformed YAML, or a tag such as ``!!python/object``, is a
-    ValueError naming ``where`` and the line."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{where}{line}: not valid YAML for a parameter: {problem}") from None
-
-
-def resolve_notebook(
-    name: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
-) -> Path:
-    """A notebook given as a stem (``01_setting``), a file name or a path -> its path.
-
-    Raises ValueError naming ``notebook`` and the notebooks there are.
-    """
-    lay = _layout(root)
-    text = str(name)
-    candidates = [Path(text)]
-    stem = Path(text).name
-    if stem.endswith(".ipynb"):
-        stem = stem[: -len(".ipynb")]
-    candidates.append(lay.notebooks / f"{stem}.ipynb")
-    for c in candidates:
-        if c.suffix == ".ipynb" and c.is_file():
-            return c.resolve()
-    allowed = [p.stem for p in list_notebooks(lay.root)]
-    raise ValueError(f"notebook={text!r} does not exist; allowed: {allowed}")
-
-
-# --------------------------------------------------------------------------------------------
-# the parameters cell
-
-
-_UNKNOWN = object()
-
-
-def notebook_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The defaults that a notebook's ``parameters``-tagged cell assigns: ``{name: value}``.
-
-    Values that are not Python literals (``n = 2 ** 5`` is, ``n = np.arange(3)`` is not) map to
-    a sentinel that accepts any value. Raises ValueError when the notebook has no such cell.
-    """
-    import nbformat
-
-    nb = nbformat.read(str(path), as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code" and PARAMETERS_TAG in cell.get("metadata", {}).get("tags", []):
-            return _parse_parameters_source(cell.source, str(path))
-    raise ValueError(f"notebook {path} has no code cell tagged {PARAMETERS_TAG!r}")
-
-
-def _parse_parameters_source(source: str, where: str) -> dict[str, Any]:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        raise ValueError(f"the parameters cell of {where} does not parse: {exc}") from exc
-    out: dict[str, Any] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        try:
-            default = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            default = _UNKNOWN
-        for target in targets:
-            if isinstance(target, ast.Name):
-                out[target.id] = default
-    return out
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def coerce_parameter(name: str, value: Any, default: Any, notebook: str = "") -> Any:
-    """Check ``value`` against the type of ``default``; return it, an int widened to float
-    where the default is a float, and a list as a tuple where the default is a tuple.
-
-    Raises ValueError naming the parameter, the value and the expected type.
-    """
-    if default is _UNKNOWN or default is None:
-        return value
-    where = f" (notebook {notebook})" if notebook else ""
-    expected = type(default)
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        if isinstance(value, int) and not isinstance(value, bool):
-            try:
-                value = float(value)
-            except OverflowError:
-                raise ValueError(
-                    f"parameter {name}{where}: the integer {str(value)[:12]}... "
-                    f"({len(str(abs(value)))} digits) does not fit a float"
-                ) from None
-        ok = isinstance(value, float)
-        if ok and not math.isfinite(value):
-            raise ValueError(
-                f"parameter {name}={value!r}{where} must be a finite number; nan and inf are "
-                f"not allowed (the default there is {default!r})"
-            )
-    elif isinstance(default, tuple | list):
-        if isinstance(value, tuple | list):
-            return expected(value)
-        ok = False
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        raise ValueError(
-            f"parameter {name}={value!r}{where} has type {_type_name(value)}; expected "
-            f"{expected.__name__} (the default there is {default!r})"
-        )
-    return value
-
-
-def resolve_parameters(
-    notebook: str | os.PathLike[str],
-    profile_entries: Mapping[str, Mapping[str, Any]],
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The validated papermill parameters for one notebook: ``_all`` (only the names the
-    notebook defines), then its own profile entry, then ``extra``; later entries win.
-
-    Raises ValueError for a name the notebook's parameters cell does not define or a value of
-    the wrong type.
-    """
-    path = Path(notebook)
-    stem = path.stem
-    defaults = notebook_parameters(path)
-    merged: dict[str, Any] = {}
-    for key, value in (profile_entries.get(ALL_KEY) or {}).items():
-        if key in defaults:
-            merged[key] = value
-    for source, params in (
-        ("profile", profile_entries.get(stem) or {}),
-        ("command line", extra or {}),
-    ):
-        for key, value in params.items():
-            if key not in defaults:
-                raise ValueError(
-                    f"parameter {key}={value!r} (from the {source}) is not defined in the "
-                    f"parameters cell of notebook {stem}; allowed: {sorted(defaults)}"
-                )
-            merged[key] = value
-    return {k: coerce_parameter(k, v, defaults[k], stem) for k, v in merged.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# PARAMS in papermill's style
-
-
-def resolve_value(text: str) -> Any:
-    """A command-line value, as papermill's ``-p`` reads it: True/False/None, an int, a float,
-    else the string. YAML's lower-case true/false/null and flow lists/mappings (``[1, 2]``)
-    are read as YAML too.
-    """
-    if text in ("True", "true"):
-        return True
-    if text in ("False", "false"):
-        return False
-    if text in ("None", "null", "~"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if text[:1] in ("[", "{"):
-        return _safe_yaml(text, f"value {text!r}")
-    return text
-
-
-def parse_params(tokens: str | Sequence[str] | None) -> dict[str, Any]:
-    """Parse papermill-style parameter flags, as ``make run PARAMS="..."`` passes them.
-
-    ``-p NAME VALUE`` (typed, see :func:`resolve_value`), ``-r NAME VALUE`` (raw string) and
-    ``-y YAML`` (a YAML mapping); the long forms ``--parameters``, ``--parameters_raw`` and
-    ``--parameters_yaml`` too. A string is split as a shell would. Later flags win.
-    """
-    if tokens is None:
-        return {}
-    items = shlex.split(tokens) if isinstance(tokens, str) else list(tokens)
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(items):
-        flag = items[i]
-        if flag in ("-p", "--parameters", "-r", "--parameters_raw"):
-            if i + 2 >= len(items):
-                raise ValueError(f"PARAMS: {flag} needs NAME VALUE, got {items[i + 1 :]!r}")
-            name, value = items[i + 1], items[i + 2]
-            if not name.isidentifier():
-                raise ValueError(f"PARAMS: parameter name {name!r} is not a Python identifier")
-            out[name] = value if flag in ("-r", "--parameters_raw") else resolve_value(value)
-            i += 3
-        elif flag in ("-y", "--parameters_yaml"):
-            if i + 1 >= len(items):
-                raise ValueError(f"PARAMS: {flag} needs a YAML mapping")
-            data = _safe_yaml(items[i + 1], f"PARAMS: {flag} {items[i + 1]!r}")
-            if not isinstance(data, dict):
-                raise ValueError(f"PARAMS: {flag} {items[i + 1]!r} is not a YAML mapping")
-            out.update(data)
-            i += 2
-        else:
-            raise ValueError(
-                f"PARAMS: unexpected {flag!r}; use -p NAME VALUE, -r NAME VALUE or -y YAML"
-            )
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,7 +159,7 @@ def execute(
     Raises ValueError for a bad profile, notebook name or parameter, and NotebookFailed,
     naming the notebook and the cell, when a notebook raises; notebooks after it do not run.
     """
-    lay = _layout(root)
+    lay = layout(root)
     entries = load_profile(profile, lay.root)
     paths = (
         [resolve_notebook(n, lay.root) for n in names]
@@ -518,6 +199,8 @@ def execute(
         for i, (path, params) in enumerate(plan, start=1):
             say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
             os.environ["LOCALSGD_NOTEBOOK"] = path.stem  # restored by _environ on exit
+            # the chapter's figure records describe its last run only
+            shutil.rmtree(results / "figures" / path.stem, ignore_errors=True)
             item = _execute_one(path, params, out_dir, lay.root, timeout, say)
             tidy.tidy_executed(item.output, profile, repo_url, branch)
             _record_timing(results, profile, item)
@@ -585,35 +268,6 @@ def _jupyter_book_command() -> list[str]:
     raise RuntimeError("jupyter-book is not installed next to this interpreter nor on PATH")
 
 
-def _toc_executed_stems(lay: Layout) -> list[str]:
-    """Stems of the executed notebooks that ``_toc.yml`` lists (``book/executed/<stem>``), in
-    its order; empty without a ``_toc.yml``."""
-    toc = lay.root / "_toc.yml"
-    if not toc.exists():
-        return []
-    files: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("file", "root") and isinstance(value, str):
-                    files.append(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(_safe_yaml(toc.read_text(), str(toc)))
-    executed = lay.executed.relative_to(lay.root).as_posix() + "/"
-    return [Path(f).stem for f in files if f.startswith(executed)]
-
-
-def _toc_notebooks_without_source(lay: Layout) -> list[str]:
-    """Stems that ``_toc.yml`` lists under ``book/executed/`` with no ``notebooks/<stem>.ipynb``."""
-    return [s for s in _toc_executed_stems(lay) if not (lay.notebooks / f"{s}.ipynb").exists()]
-
-
 def render(
     warnings_as_errors: bool = False,
     *,
@@ -629,8 +283,8 @@ def render(
     Raises ValueError when a notebook has not been executed yet, RuntimeError when the build
     fails.
     """
-    lay = _layout(root)
-    orphans = _toc_notebooks_without_source(lay)
+    lay = layout(root)
+    orphans = toc_notebooks_without_source(lay)
     if orphans:
         raise ValueError(
             f"_toc.yml lists executed notebooks {orphans} but notebooks/ has no such .ipynb; "
@@ -645,7 +299,7 @@ def render(
             "`python -m localsgd_book.pipeline execute` (or `make book`) first"
         )
     scoreboard.write_scoreboard(
-        lay.scoreboard, _toc_executed_stems(lay), lay.results / "verdicts")
+        lay.scoreboard, toc_executed_stems(lay), lay.results / records.BOOK_FOLDER, lay.root)
     sitefiles.clean_html(lay.html)
     cmd = [
         *_jupyter_book_command(),

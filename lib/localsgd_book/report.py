@@ -3,20 +3,29 @@
 Every notebook ends with :func:`verdict`, which takes checks whose ``holds`` the notebook has
 *computed* from its measurements (never typed in), shows a box with the claim, a table of
 predicted against measured values and the overall verdict, glues it as ``verdict_<chapter>``
-for the prose, and writes ``$LOCALSGD_RESULTS/verdicts/<chapter>.json`` for the tests::
+for the prose and a short outcome box as ``outcome_<chapter>`` for the chapter's first screen,
+and writes the record (:mod:`localsgd_book.records`) for the tests and the scoreboard::
 
     from localsgd.claims import Check
     from localsgd_book.report import verdict
-    verdict("01_setting", "Forward norms stay close to 1 at initialisation.", [
-        Check.between("max |‖h_l‖ - 1|", measured=dev, low=0.0, high=0.5),
-        Check("λ_min(Gram) > 0", predicted="> 0", measured=lam, holds=lam > 0),
-    ])
+    verdict("01_setting", r"Forward norms stay close to 1 at initialisation.", [
+        Check.between(r"max \\(|\\|h_l\\| - 1|\\)", measured=dev, low=0.0, high=0.5),
+        Check(r"\\(\\lambda_{\\min}(G_0) > 0\\)", predicted="> 0", measured=lam, holds=lam > 0),
+    ], headline=[1])
 
-:func:`glue` wraps ``myst_nb.glue`` for numbers (formatted, without numpy's ``np.float64(...)``
-repr) and figures. In the same notebook, paste a key with ``{glue:text}`key``` (or
-``{glue:text}`key:.3f``` for a number glued without ``fmt``). From a prose page in ``book/``,
-name the executed notebook relative to the page and always end with a format spec (``s`` for
-text; without one the role misreads the ``::``)::
+Every chapter pastes its outcome box under its title (a glue reference placed before the cell
+that glues it renders: myst-nb reads a notebook's glued outputs before its text)::
+
+    # The setting at initialisation
+
+    ```{glue:} outcome_01_setting
+    ```
+
+:func:`glue` wraps ``myst_nb.glue`` for numbers (written by
+:func:`localsgd.analysis.format_number`) and figures. In the same notebook, paste a key with
+``{glue:text}`key```. From a prose page in ``book/``, name the executed notebook relative to the
+page and always end with a format spec (``s`` for text; without one the role misreads the
+``::``)::
 
     {glue:text}`executed/01_setting.ipynb::lambda_min:s`
     {glue:text}`executed/01_setting.ipynb::verdict_01_setting_holds:s`
@@ -34,10 +43,16 @@ import html
 import numbers
 import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from localsgd.claims import Check, all_hold, plain
+from localsgd.analysis import format_number
+from localsgd.claims import Check, all_hold
 from localsgd.store import results_dir, write_json_atomic
+
+from . import layout, records, session
+from .records import anchor
 
 __all__ = ["Check", "VerdictRecord", "glue", "verdict"]
 
@@ -46,19 +61,9 @@ BASIS_LABEL = {
     "computed": "computed from the run",
     "tolerance": "book's tolerance",
 }
+HOLDS_COLOUR, FAILS_COLOUR = "#1b7f3b", "#b3261e"
 
 _CHAPTER = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-def _fmt(value: Any, fmt: str | None = None) -> str:
-    value = plain(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return str(value)
-    if fmt:
-        return format(value, fmt)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}"
 
 
 def _overall(holds: bool, checks: list[Check]) -> str:
@@ -67,46 +72,110 @@ def _overall(holds: bool, checks: list[Check]) -> str:
     return "DOES NOT HOLD (failing: " + ", ".join(c.name for c in checks if not c.holds) + ")"
 
 
-def _verdict_html(chapter: str, claim: str, checks: list[Check], holds: bool) -> str:
-    colour = "#1b7f3b" if holds else "#b3261e"
-    td = "style='padding:0.15em 1em 0.15em 0;text-align:left;vertical-align:top'"
+def _mark(ok: bool) -> str:
+    colour = HOLDS_COLOUR if ok else FAILS_COLOUR
+    return f"<strong style='color:{colour}'>{'✓' if ok else '✗'}</strong>"
+
+
+def _run_line(record: dict[str, Any]) -> str:
+    """Where the verdict came from, in one line: profile, commit, versions, platform, runs."""
+    parts = [f"profile {record['profile']}" if record.get("profile") else "no profile"]
+    if record.get("commit"):
+        parts.append(f"commit {record['commit'][:7]}"
+                     + (" with uncommitted changes" if record.get("dirty") else ""))
+    v, p = record.get("versions") or {}, record.get("platform") or {}
+    if v:
+        parts.append(f"localsgd {v.get('localsgd')}, JAX {v.get('jax')} on "
+                     f"{p.get('backend', '?')}")
+    runs = len(record.get("runs") or [])
+    parts.append(f"{runs} cached run{'s' if runs != 1 else ''}")
+    return " · ".join(parts)
+
+
+def _apart_line(record: dict[str, Any], where: str) -> str:
+    if record.get("book"):
+        return ""
+    why = ("its parameters are not checked (no session started)" if record.get("parameters")
+           is None else "its parameters are not those of "
+           + (f"profile {record['profile']}" if record.get("profile") else "any profile"))
+    return (f"This run is not the book's: {why}. Its record is kept apart, in {where} under the "
+            "results folder, and does not replace the book's verdict.")
+
+
+def _verdict_html(record: dict[str, Any], checks: list[Check], where: str) -> str:
+    holds = record["holds"]
+    colour = HOLDS_COLOUR if holds else FAILS_COLOUR
+    td = "style='padding:0.15em 0.5em 0.15em 0;text-align:left;vertical-align:top'"
     rows = "".join(
         "<tr>"
         f"<td {td}>{html.escape(c.name)}</td>"
-        f"<td {td}>{html.escape(c.predicted)}</td>"
-        f"<td {td}><em>{html.escape(BASIS_LABEL[c.basis])}</em></td>"
-        f"<td {td}>{html.escape(_fmt(c.measured))}</td>"
-        f"<td style='text-align:center;font-weight:bold;"
-        f"color:{'#1b7f3b' if c.holds else '#b3261e'}'>"
-        f"{'✓' if c.holds else '✗'}</td>"
+        f"<td {td}>{html.escape(c.predicted)}<br><em style='font-size:0.85em'>"
+        f"{html.escape(BASIS_LABEL[c.basis])}</em></td>"
+        f"<td {td}>{html.escape(format_number(c.measured))}</td>"
+        f"<td style='text-align:center'>{_mark(c.holds)}</td>"
         "</tr>"
         for c in checks
     )
+    apart = _apart_line(record, where)
     return (
-        # mathjax_process: MathJax (as the book configures it) typesets \( ... \) in the claim
-        f"<div class='localsgd-verdict mathjax_process' style='border:2px solid {colour};"
-        "border-radius:6px;padding:0.6em 1em;margin:1em 0'>"
+        # mathjax_process: MathJax (as the book configures it) typesets \( ... \) in the box
+        f"<div id='{anchor(record['chapter'])}' class='localsgd-verdict mathjax_process' "
+        f"style='border:2px solid {colour};border-radius:6px;padding:0.6em 1em;margin:1em 0'>"
         f"<p style='margin:0 0 0.4em 0;color:{colour};font-size:1.1em'>"
         f"<strong>{html.escape(_overall(holds, checks))}</strong></p>"
-        f"<p style='margin:0 0 0.4em 0'><strong>Verdict ({html.escape(chapter)})</strong>: "
-        f"{html.escape(claim)}</p>"
-        "<div style='overflow-x:auto;max-width:100%'>"
+        f"<p style='margin:0 0 0.4em 0'><strong>Verdict</strong>: "
+        f"{html.escape(record['claim'])}</p>"
+        "<div class='localsgd-scroll' style='overflow-x:auto;max-width:100%'>"
         "<table style='border-collapse:collapse;margin:0.4em 0'>"
-        f"<thead><tr><th {td}>check</th><th {td}>predicted</th><th {td}>from</th>"
-        f"<th {td}>measured</th><th>agrees</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></div>"
-        "</div>"
+        f"<thead><tr><th {td}>check</th><th {td}>predicted (from)</th><th {td}>measured</th>"
+        f"<th>agrees</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        f"<p style='margin:0.4em 0 0 0;font-size:0.85em'>{html.escape(_run_line(record))}</p>"
+        + (f"<p style='margin:0.3em 0 0 0;font-size:0.85em'>{html.escape(apart)}</p>"
+           if apart else "")
+        + "</div>"
     )
 
 
-def _verdict_text(chapter: str, claim: str, checks: list[Check], holds: bool) -> str:
-    lines = [_overall(holds, checks), f"Verdict ({chapter}): {claim}"]
+def _verdict_text(record: dict[str, Any], checks: list[Check], where: str) -> str:
+    lines = [_overall(record["holds"], checks), f"Verdict ({record['chapter']}): "
+             f"{record['claim']}"]
     for c in checks:
         mark = "✓" if c.holds else "✗"
         lines.append(
             f"  {mark} {c.name}: predicted {c.predicted} ({BASIS_LABEL[c.basis]}), "
-            f"measured {_fmt(c.measured)}"
+            f"measured {format_number(c.measured)}"
         )
+    lines.append(_run_line(record))
+    apart = _apart_line(record, where)
+    return "\n".join(lines + ([apart] if apart else []))
+
+
+def _outcome_html(record: dict[str, Any], checks: list[Check], headline: list[Check]) -> str:
+    """The box under a chapter's title: holds or not, and the headline checks, measured against
+    predicted, with a link to the verdict box."""
+    holds = record["holds"]
+    colour = HOLDS_COLOUR if holds else FAILS_COLOUR
+    failing = [c.name for c in checks if not c.holds]
+    state = ("The claim holds on this run" if holds else
+             f"The claim does not hold on this run: {len(failing)} of {len(checks)} checks fail")
+    where = f" (profile {record['profile']})" if record.get("profile") else ""
+    items = "".join(
+        f"<li>{html.escape(c.name)}: measured {html.escape(format_number(c.measured))}, "
+        f"predicted {html.escape(c.predicted)} {_mark(c.holds)}</li>" for c in headline)
+    return (
+        f"<div class='localsgd-outcome mathjax_process' style='border-left:4px solid {colour};"
+        "padding:0.3em 0.9em;margin:0.4em 0 1em 0'>"
+        f"<p style='margin:0'><strong style='color:{colour}'>{'✓' if holds else '✗'} "
+        f"{html.escape(state)}</strong>{html.escape(where)}. "
+        f"<a href='#{anchor(record['chapter'])}'>All {len(checks)} checks ↓</a></p>"
+        f"<ul style='margin:0.2em 0 0 0;padding-left:1.2em'>{items}</ul></div>"
+    )
+
+
+def _outcome_text(record: dict[str, Any], headline: list[Check]) -> str:
+    lines = ["Outcome: " + ("holds" if record["holds"] else "does not hold")]
+    lines += [f"  {c.name}: measured {format_number(c.measured)}, predicted {c.predicted}"
+              for c in headline]
     return "\n".join(lines)
 
 
@@ -118,15 +187,57 @@ class VerdictRecord(dict):
         pass
 
 
-def verdict(chapter: str, claim: str, checks: list[Check]) -> dict[str, Any]:
+def _headline(checks: list[Check], headline: Sequence[str | int] | None) -> list[Check]:
+    if headline is None:
+        return checks[:1]
+    if isinstance(headline, str | int):
+        headline = [headline]
+    names = [c.name for c in checks]
+    picked = []
+    for h in headline:
+        if isinstance(h, int) and not isinstance(h, bool) and -len(checks) <= h < len(checks):
+            picked.append(checks[h])
+        elif isinstance(h, str) and h in names:
+            picked.append(checks[names.index(h)])
+        else:
+            raise ValueError(f"headline={h!r} names no check; the checks are {names} "
+                             f"(or an index below {len(checks)})")
+    if not picked:
+        raise ValueError("headline must name at least one check")
+    return picked
+
+
+def _chapter_source(chapter: str) -> tuple[Path | None, Path]:
+    """The chapter's source notebook (None when there is none) and the repository root."""
+    try:
+        path = layout.chapter_source(chapter)
+    except ValueError:
+        return None, layout.default_root()
+    return path, path.parents[1]
+
+
+def verdict(
+    chapter: str,
+    claim: str,
+    checks: list[Check],
+    headline: Sequence[str | int] | str | int | None = None,
+) -> dict[str, Any]:
     """State a chapter's verdict: it holds when every check holds.
 
-    Displays the verdict box, glues its HTML as ``verdict_<chapter>`` (display=False) and
-    writes ``$LOCALSGD_RESULTS/verdicts/<chapter>.json`` atomically with the keys
-    ``chapter, claim, holds, checks, profile`` (profile from ``$LOCALSGD_PROFILE``, else null).
-    Returns that record (a dict that displays as nothing). Write inline math in ``claim`` as
-    ``\\( ... \\)``. By convention ``chapter`` is the notebook's stem. Raises ValueError for
-    an empty or path-like chapter name, an empty claim or an empty check list.
+    Displays the verdict box (HTML id ``verdict-<chapter>``), glues its HTML as
+    ``verdict_<chapter>``, ``"holds"`` or ``"does not hold"`` as ``verdict_<chapter>_holds``,
+    and the outcome box that the chapter shows under its title (holds or not, and the
+    ``headline`` checks, measured against predicted) as ``outcome_<chapter>``; all with
+    display=False. ``headline``: names or indices of checks, default the first check.
+
+    Writes the record (:mod:`localsgd_book.records`: the verdict, the profile, the parameters
+    of the started :mod:`localsgd_book.session`, the commit, versions, platform and the runs
+    used) atomically to ``$LOCALSGD_RESULTS/verdicts/<chapter>.json`` when the run is the
+    book's, else to ``$LOCALSGD_RESULTS/runs/<chapter>-<digest>.json``. Returns the record (a
+    dict that displays as nothing). Write inline math in ``claim`` and check names as
+    ``\\( ... \\)``. By convention ``chapter`` is the notebook's stem. Raises ValueError for an
+    empty or path-like chapter name, an empty claim, an empty check list or a headline that
+    names no check.
     """
     if not isinstance(chapter, str) or not _CHAPTER.match(chapter):
         raise ValueError(
@@ -139,22 +250,32 @@ def verdict(chapter: str, claim: str, checks: list[Check]) -> dict[str, Any]:
         if not isinstance(c, Check):
             raise TypeError(f"checks must hold Check objects, got {c!r}")
     holds = all_hold(checks)
+    top = _headline(checks, headline)
+    run = session.current()
+    run = run if run is not None and run.chapter == chapter else None
+    notebook, root = _chapter_source(chapter)
     record = VerdictRecord(
         {
             "chapter": chapter,
             "claim": claim,
             "holds": holds,
             "checks": [c.as_dict() for c in checks],
-            "profile": os.environ.get("LOCALSGD_PROFILE") or None,
+            "headline": [c.name for c in top],
+            **records.provenance(notebook, run.parameters if run else None,
+                                 run.runs if run else [], root),
         }
     )
-    write_json_atomic(results_dir() / "verdicts" / f"{chapter}.json", record)
+    results = results_dir()
+    path = records.record_path(results, record)
+    write_json_atomic(path, record)
+    where = path.relative_to(results).as_posix()
 
-    box_html = _verdict_html(chapter, claim, checks, holds)
-    box_text = _verdict_text(chapter, claim, checks, holds)
-    _display({"text/html": box_html, "text/plain": box_text})
-    _myst_glue(f"verdict_{chapter}", _Bundle(box_html, box_text))
+    box = _Bundle(_verdict_html(record, checks, where), _verdict_text(record, checks, where))
+    _display({"text/html": box.html_text, "text/plain": box.plain})
+    _myst_glue(f"verdict_{chapter}", box)
     _myst_glue(f"verdict_{chapter}_holds", _Text("holds" if holds else "does not hold"))
+    _myst_glue(f"outcome_{chapter}",
+               _Bundle(_outcome_html(record, checks, top), _outcome_text(record, top)))
     return record
 
 
@@ -213,25 +334,28 @@ def _myst_glue(name: str, value: Any) -> None:
 def glue(name: str, value: Any, fmt: str | None = None) -> None:
     """Glue ``value`` under ``name`` for the book's prose, without displaying it.
 
-    Numbers (Python, numpy or jax scalars) are glued as plain text, formatted with ``fmt``
-    (e.g. ``".3f"``) when given; anything else (a matplotlib figure, a string) is glued as it
-    displays. Outside a kernel this does nothing. Paste with ``{glue:text}`name``` (numbers
-    glued without ``fmt`` also take a format there: ``{glue:text}`name:.3f```) or, for a
-    figure, ``{glue:figure} name``; see the module docstring for pasting from another page.
-    A glued figure still shows inline unless the notebook closes it (``plt.close(fig)``).
+    Numbers (Python, numpy or jax scalars) are glued as text written by
+    :func:`localsgd.analysis.format_number`, with ``fmt`` (e.g. ``".3f"``) when given: integers as
+    integers, infinity as "not reached", no "0.0" for a small nonzero value. Strings are glued as
+    they are; anything else (a matplotlib figure) as it displays. Outside a kernel this does
+    nothing. Paste with ``{glue:text}`name``` or, for a figure, ``{glue:figure} name``; see the
+    module docstring for pasting from another page. A glued figure still shows inline unless the
+    notebook closes it (``plt.close(fig)``; :func:`glue_figure` does both).
 
-    A glued matplotlib figure is measured first: the size its smallest text would have on the
-    page, at the book's column width (:func:`localsgd.plotting.smallest_text_px`), is written to
-    ``$LOCALSGD_RESULTS/figures/<notebook>/<name>.json`` (``<notebook>`` from
-    ``$LOCALSGD_NOTEBOOK``, which the pipeline sets), where the tests check it.
+    A glued matplotlib figure is measured first (:func:`localsgd.plotting.figure_report`: the
+    size its smallest text would have on the page at the book's column width, legends over data,
+    axes without labels) and the measurement written to
+    ``$LOCALSGD_RESULTS/figures/<chapter>/<name>.json`` (``<chapter>`` from the started
+    :mod:`localsgd_book.session`, else ``$LOCALSGD_NOTEBOOK``), where the tests check it.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"glue name={name!r} must be an identifier")
-    value_plain = plain(value)
-    if isinstance(value_plain, numbers.Number) and not isinstance(value_plain, bool):
-        _myst_glue(name, _Text(_fmt(value_plain, fmt)) if fmt else value_plain)
-    elif isinstance(value_plain, str):
-        _myst_glue(name, _Text(value_plain))
+    scalar = value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () \
+        else value
+    if isinstance(scalar, numbers.Real) and not isinstance(scalar, bool):
+        _myst_glue(name, _Text(format_number(scalar, fmt)))
+    elif isinstance(scalar, str):
+        _myst_glue(name, _Text(scalar))
     else:
         if _is_figure(value):
             _record_figure(name, value)
@@ -249,17 +373,9 @@ def _is_figure(value: Any) -> bool:
 def _record_figure(name: str, fig: Any) -> None:
     from localsgd import plotting
 
-    px, text = plotting.smallest_text_px(fig)
-    notebook = os.environ.get("LOCALSGD_NOTEBOOK") or "unknown"
-    record = {
-        "figure": name,
-        "notebook": notebook,
-        "width_in": float(fig.get_figwidth()),
-        "height_in": float(fig.get_figheight()),
-        "column_px": plotting.COLUMN_PX,
-        "smallest_text_px": px,
-        "smallest_text": text,
-    }
+    run = session.current()
+    notebook = run.chapter if run else os.environ.get("LOCALSGD_NOTEBOOK") or "unknown"
+    record = {"figure": name, "notebook": notebook, **plotting.figure_report(fig)}
     write_json_atomic(results_dir() / "figures" / notebook / f"{name}.json", record)
 
 
