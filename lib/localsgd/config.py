@@ -33,6 +33,7 @@ METRICS = {
     "local_flips": ("local_flips",),  # signs differing between W_k and W_bar on client k, (K,)
     "drift": ("drift",),  # ||W_k - W_bar||, (K,)
     "outputs": ("outputs",),  # f(W_bar) on every training sample, (K, n_max, d_out)
+    "test_outputs": ("test_outputs",),  # f(W_bar) at the probe points (a test set), (P, d_out)
 }
 ROUND_END = ("gap", "local_flips", "drift")  # need the local models before averaging
 LAYOUTS = ("auto", "map", "vmap")

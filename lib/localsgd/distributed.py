@@ -263,15 +263,15 @@ def _key_parts(keys):
     return keys, None
 
 
-def _train(config, spec, impl, eta, params0, data, key_data, start):
+def _train(config, spec, impl, eta, params0, data, key_data, start, probe=None):
     key = key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl)
     # The batched layout: the clients axis is what the mesh shards.
-    return en._train(config, spec, eta, params0, data, key, start, layout="vmap")
+    return en._train(config, spec, eta, params0, data, key, start, layout="vmap", probe=probe)
 
 
-def _sweep(config, spec, impl, etas, params0, data, key_data, start):
-    return jax.vmap(_train, in_axes=(None, None, None, 0, 0, None, 0, 0))(
-        config, spec, impl, etas, params0, data, key_data, start)
+def _sweep(config, spec, impl, etas, params0, data, key_data, start, probe=None):
+    return jax.vmap(_train, in_axes=(None, None, None, 0, 0, None, 0, 0, None))(
+        config, spec, impl, etas, params0, data, key_data, start, probe)
 
 
 @functools.cache
@@ -286,11 +286,11 @@ def _put_tree(tree, sharding):
     return jax.tree.map(lambda a: _put(a, sharding), tree)
 
 
-def _inputs(mesh, batched, eta, params0, data, keys, start):
+def _inputs(mesh, batched, eta, params0, data, keys, start, probe=None):
     rep = NamedSharding(mesh, P())
     key_data, impl = _key_parts(keys)
-    params0, key_data, eta = (jax.tree.map(lambda a: _put(a, rep), t)
-                              for t in (params0, key_data, eta))
+    params0, key_data, eta, probe = (jax.tree.map(lambda a: _put(a, rep), t)
+                                     for t in (params0, key_data, eta, probe))
     if start is not None:
         # The ever-flipped masks (per sample, (K, n_max, m) per layer) and the clients' states
         # are per client: sharded like the data; the rest is replicated.
@@ -298,7 +298,7 @@ def _inputs(mesh, batched, eta, params0, data, keys, start):
         start = start._replace(**{
             f: _put_tree(getattr(start, f), per_client if f in ("ever", "client_state") else rep)
             for f in start._fields})
-    return impl, eta, params0, data, key_data, start
+    return impl, eta, params0, data, key_data, start, probe
 
 
 def _local(out):
@@ -308,8 +308,8 @@ def _local(out):
     return jax.tree.map(lambda a: a.addressable_data(0), out)
 
 
-def _check(config, spec, params0, data):
-    en.check_inputs(config, spec, params0, _host_view(data))
+def _check(config, spec, params0, data, probe=None):
+    en.check_inputs(config, spec, params0, _host_view(data), probe)
 
 
 def lower(config: cf.RunConfig, spec, params0: dict, data: ClientData, key,
@@ -322,7 +322,7 @@ def lower(config: cf.RunConfig, spec, params0: dict, data: ClientData, key,
 
 
 def run(config: cf.RunConfig, spec, params0: dict, data: ClientData, key, mesh: Mesh | None = None,
-        start: en.TrainState | None = None) -> en.TrainOutput:
+        start: en.TrainState | None = None, *, probe=None) -> en.TrainOutput:
     """:func:`localsgd.engine.run` with the clients sharded over ``mesh`` (default:
     :func:`client_mesh` for ``K`` clients). Same arguments and result (shapes included), equal up
     to float32 rounding; ``data`` may already be sharded (:func:`shard_clients`).
@@ -331,27 +331,28 @@ def run(config: cf.RunConfig, spec, params0: dict, data: ClientData, key, mesh: 
     of the mesh's devices. In a multi-process run every process calls it with the same arguments
     and gets the whole result.
     """
-    _check(config, spec, params0, data)
+    _check(config, spec, params0, data, probe)
     with en.precision(config):
-        params0, data, start = en._prepare(config, params0, data, start)
+        params0, data, start, probe = en._prepare(config, params0, data, start, probe)
         data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
         args = _inputs(mesh, False, jnp.asarray(config.eta, config.dtype), params0, data, key,
-                       start)
+                       start, probe)
         return _local(_compiled(mesh, False)(config, spec, *args))
 
 
 def sweep(config: cf.RunConfig, spec, params0: dict, data: ClientData, keys, etas=None,
-          start: en.TrainState | None = None, mesh: Mesh | None = None) -> en.TrainOutput:
+          start: en.TrainState | None = None, mesh: Mesh | None = None, *,
+          probe=None) -> en.TrainOutput:
     """:func:`localsgd.engine.sweep` (``S`` runs vmapped in one program) with the clients
     sharded over ``mesh``; every device runs all ``S`` runs on its own clients. Same arguments and
     result, equal up to float32 rounding."""
     S = np.shape(keys)[0]
-    _check(config, spec, jax.tree.map(lambda a: a[0], params0), data)
+    _check(config, spec, jax.tree.map(lambda a: a[0], params0), data, probe)
     etas = en.sweep_etas(config, S, etas)
     with en.precision(config):
-        params0, data, start = en._prepare(config, params0, data, start)
+        params0, data, start, probe = en._prepare(config, params0, data, start, probe)
         data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
-        args = _inputs(mesh, True, etas, params0, data, keys, start)
+        args = _inputs(mesh, True, etas, params0, data, keys, start, probe)
         return _local(_compiled(mesh, True)(config, spec, *args))
 
 

@@ -80,9 +80,10 @@ class TrainOutput(NamedTuple):
     diverged_why: Any = None
 
 
-def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData) -> None:
-    """Checks the data and parameters against the config and the network; raises ValueError
-    naming the offending input before any work is done."""
+def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: ClientData,
+                 probe=None) -> None:
+    """Checks the data, the probe points and the parameters against the config and the network;
+    raises ValueError naming the offending input before any work is done."""
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a RunConfig, got {type(config).__name__}")
     x, y, mask = np.asarray(data.x), np.asarray(data.y), np.asarray(data.mask)
@@ -104,6 +105,12 @@ def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: Cl
             f"batch_size must be at most the smallest client's sample count {int(sizes.min())}, "
             f"got {config.batch_size}"
         )
+    if "test_outputs" in config.metrics:
+        p = None if probe is None else np.asarray(probe)
+        if p is None or p.ndim != 2 or p.shape[-1] != spec.d or not np.all(np.isfinite(p)):
+            raise ValueError(
+                f"probe must be finite inputs of shape (P, d={spec.d}) for the metric "
+                f"'test_outputs', got {None if p is None else p.shape}")
     shapes = tuple(tuple(w.shape) for w in params0["trainable"])
     if shapes != spec.layer_shapes:
         raise ValueError(
@@ -180,7 +187,8 @@ class _Run(NamedTuple):
     """What every part of a run reads: the static config and algorithm, the network, the fixed
     features of the training data (``(K, n_max, f)``, computed once), the per-client mean weights
     ``mask / n_k``, the training data (``data`` pooled for a pooled algorithm), the data as given
-    (for metrics) and the traced step size."""
+    (for metrics), the traced step size and the features of the probe points (``(P, f)``, or
+    None)."""
 
     cfg: RunConfig
     alg: algs.Algorithm
@@ -191,13 +199,14 @@ class _Run(NamedTuple):
     train: ClientData
     data: ClientData
     eta: jax.Array
+    probe_feats: Any = None
 
     @property
     def need_locals(self) -> bool:
         return any(m in ROUND_END for m in self.cfg.metrics)
 
 
-def _context(cfg, spec, eta, fixed, data) -> _Run:
+def _context(cfg, spec, eta, fixed, data, probe=None) -> _Run:
     alg = algs.get(cfg.algorithm)
     train = data
     if alg.pooled:
@@ -210,7 +219,8 @@ def _context(cfg, spec, eta, fixed, data) -> _Run:
         )
     feats = model.features(spec, fixed, train.x)  # fixed input map: once per run
     client_w = train.mask / jnp.sum(train.mask, axis=1, keepdims=True)
-    return _Run(cfg, alg, spec, fixed, feats, client_w, train, data, eta)
+    probe_feats = None if probe is None else model.features(spec, fixed, probe)
+    return _Run(cfg, alg, spec, fixed, feats, client_w, train, data, eta, probe_feats)
 
 
 def _start_client(run: _Run, Wbar):
@@ -446,6 +456,8 @@ def _evaluate(run: _Run, W0, init_patterns, Wbar, Ws, ever):
     per, dead, outputs = _guard_losses(run, Wbar)  # flat, (K n_max,)
     if "outputs" in metrics:
         out["outputs"] = outputs.reshape(data.mask.shape + outputs.shape[-1:])
+    if "test_outputs" in metrics:
+        out["test_outputs"] = model.forward(spec, Wbar, fixed, run.probe_feats)
     if "grad_norm" not in out:
         m = data.mask.ravel()
         out["loss"] = jnp.sum(per * (m / jnp.sum(m)))
@@ -536,11 +548,12 @@ def _block(run: _Run, key, layout, W0, init_patterns, loss0, c: _Carry, first_ro
 # -- the program -------------------------------------------------------------------------------
 
 
-def _train(cfg: RunConfig, spec, eta, params0, data, key, start=None, layout="vmap"):
+def _train(cfg: RunConfig, spec, eta, params0, data, key, start=None, layout="vmap",
+           probe=None):
     """One run as a traceable function (``layout`` resolved, ``"map"`` or ``"vmap"``); see
     :func:`run`. ``cfg.eta`` is never read here: ``eta`` is the traced step size."""
     fixed, W0 = params0["fixed"], params0["trainable"]
-    run = _context(cfg, spec, eta, fixed, data)
+    run = _context(cfg, spec, eta, fixed, data, probe)
     K = run.train.mask.shape[0]
     patterns = bool({"flips", "ever_flipped"} & set(cfg.metrics))
     init_patterns = dg.activation_patterns(spec, params0, data.x) if patterns else None
@@ -573,10 +586,10 @@ _train_jit = jax.jit(_train, static_argnums=(0, 1), static_argnames=("layout",))
 
 
 @partial(jax.jit, static_argnums=(0, 1), static_argnames=("layout",))
-def _sweep_jit(cfg, spec, etas, params0, data, keys, start, layout="vmap"):
+def _sweep_jit(cfg, spec, etas, params0, data, keys, start, probe=None, layout="vmap"):
     def one(args):
         eta, p0, key, st = args
-        return _train(cfg, spec, eta, p0, data, key, st, layout=layout)
+        return _train(cfg, spec, eta, p0, data, key, st, layout=layout, probe=probe)
 
     if layout == "map":
         # CPU: the runs one after another inside the one program. Vmapped, every product gains a
@@ -611,9 +624,10 @@ def _cast(config: RunConfig, tree):
         else jnp.asarray(a), tree)
 
 
-def _prepare(config, params0, data, start):
+def _prepare(config, params0, data, start, probe=None):
     data = ClientData(*_cast(config, tuple(data)))
-    return _cast(config, params0), data, (None if start is None else _cast(config, start))
+    return (_cast(config, params0), data, (None if start is None else _cast(config, start)),
+            None if probe is None else _cast(config, probe))
 
 
 def run(
@@ -623,6 +637,7 @@ def run(
     data: ClientData,
     key,
     start: TrainState | None = None,
+    probe=None,
 ) -> TrainOutput:
     """Runs ``config.algorithm`` from ``params0`` on ``data`` with PRNG ``key``: one compiled
     program. See the module docstring and :class:`TrainOutput` for the result; weights, data and
@@ -630,13 +645,15 @@ def run(
 
     ``start``: a previous output's ``state``; the run then continues for ``config.rounds`` more
     rounds and, with the same ``params0`` and ``key``, ends exactly where one longer run would.
+    ``probe: (P, d)``: inputs (a test set) at which the metric ``"test_outputs"`` records the
+    averaged model's outputs, ``(P, d_out)`` per evaluation; they take no part in training.
     """
-    check_inputs(config, spec, params0, data)
+    check_inputs(config, spec, params0, data, probe)
     with precision(config):
-        params0, data, start = _prepare(config, params0, data, start)
+        params0, data, start, probe = _prepare(config, params0, data, start, probe)
         eta = jnp.asarray(config.eta, config.dtype)
         return _train_jit(config, spec, eta, params0, data, key, start,
-                          layout=layout_for(config))
+                          layout=layout_for(config), probe=probe)
 
 
 def run_module(config: RunConfig, module, data: ClientData, key, start=None):
@@ -667,20 +684,22 @@ def sweep(
     keys,
     etas=None,
     start: TrainState | None = None,
+    probe=None,
 ) -> TrainOutput:
     """Many runs in one compiled program, over a leading axis ``S``.
 
     ``params0`` leaves and ``keys`` carry the axis ``S`` (one initialisation and one key per run);
     ``etas`` is ``(S,)`` or None for ``config.eta`` everywhere; ``start`` a previous sweep's
     ``state`` (leaves with the axis ``S``) to continue from. Every leaf of the result gains the
-    axis ``S``; run ``s`` equals ``run`` with ``params0[s]``, ``keys[s]`` and ``etas[s]``.
+    axis ``S``; run ``s`` equals ``run`` with ``params0[s]``, ``keys[s]`` and ``etas[s]``;
+    ``probe`` (shared by the runs) as in :func:`run`.
     """
     S = jnp.shape(keys)[0]
-    check_inputs(config, spec, jax.tree.map(lambda a: a[0], params0), data)
+    check_inputs(config, spec, jax.tree.map(lambda a: a[0], params0), data, probe)
     etas = sweep_etas(config, S, etas)
     with precision(config):
-        params0, data, start = _prepare(config, params0, data, start)
-        return _sweep_jit(config, spec, jnp.asarray(etas), params0, data, keys, start,
+        params0, data, start, probe = _prepare(config, params0, data, start, probe)
+        return _sweep_jit(config, spec, jnp.asarray(etas), params0, data, keys, start, probe,
                           layout=layout_for(config))
 
 
