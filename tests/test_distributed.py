@@ -101,11 +101,14 @@ txt = ds.lower(cfg, spec, p0, clients, jax.random.key(1), mesh=mesh).compile().a
 out["hlo"] = txt
 
 # local_gd through sweep: two seeds, two step sizes (continuing from a state: the two-process test)
-cfg = en.RunConfig("local_gd", rounds=4, tau=3, eta=0.5, metrics=metrics)
+# with the outputs on the training data and at probe points
+cfg = en.RunConfig("local_gd", rounds=4, tau=3, eta=0.5,
+                   metrics=metrics + ("outputs", "test_outputs"))
 P0 = jax.vmap(lambda k: model.init(k, spec))(jax.random.split(jax.random.key(2), 2))
 keys, etas = jax.random.split(jax.random.key(3), 2), np.array([0.5, 0.25], np.float32)
-ref = en.sweep(cfg, spec, P0, clients, keys, etas)
-got = ds.sweep(cfg, spec, P0, clients, keys, etas, mesh=mesh)
+probe = jnp.asarray(dt.sphere(5, 8, 1, seed=1).x)
+ref = en.sweep(cfg, spec, P0, clients, keys, etas, probe=probe)
+got = ds.sweep(cfg, spec, P0, clients, keys, etas, mesh=mesh, probe=probe)
 out["local_gd"] = diff((ref.metrics, ref.params, ref.state), (got.metrics, got.params, got.state))
 
 # FedProx and SCAFFOLD through run, two rounds and two more from the state (SCAFFOLD's control
