@@ -343,14 +343,16 @@ def test_all_metrics(p0, unequal):
     # local_gd compiles in about half the time of local_sgd with every metric; the clients'
     # different data make the local models drift apart all the same.
     cfg = en.RunConfig("local_gd", rounds=2, tau=3, eta=0.1, metrics=tuple(en.METRICS))
-    out = en.run(cfg, SPEC, p0, unequal, jax.random.key(2))
+    probe = unequal.x[0, :2]
+    out = en.run(cfg, SPEC, p0, unequal, jax.random.key(2), probe=probe)
     m, E, K, L = out.metrics, cfg.evaluations, 3, SPEC.L
     want_keys = {k for name in en.METRICS for k in en.METRICS[name]}
     assert set(m) == want_keys
     shapes = {"loss": (E,), "client_loss": (E, K), "grad_norm": (E,), "pl_ratio": (E,),
               "dist": (E, L), "dist_rel": (E,), "flips": (E,), "ever_flipped": (E,),
               "forward_norms": (E, L + 1), "gap": (E, K), "gap_rel": (E, K),
-              "local_flips": (E, K), "drift": (E, K)}
+              "local_flips": (E, K), "drift": (E, K),
+              "outputs": (E,) + unequal.y.shape, "test_outputs": (E, 2, SPEC.d_out)}
     for k, shape in shapes.items():
         assert m[k].shape == shape, k
         assert np.all(np.isfinite(m[k])), k
