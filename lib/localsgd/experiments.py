@@ -145,11 +145,8 @@ class Experiment:
         object.__setattr__(self, "alpha", cf.check_float("alpha", self.alpha))
         if self.delta is not None:
             object.__setattr__(self, "delta", cf.check_float("delta", self.delta, 0.0, 1.0))
-        if (
-            self.dataset == "sphere"
-            and self.partition == "shards"
-            and 2 * self.num_clients > self.n
-        ):
+        shards = self.partition == "shards"
+        if self.dataset == "sphere" and shards and 2 * self.num_clients > self.n:
             raise ValueError(
                 f"num_clients must be at most n/2={self.n // 2} with partition='shards' (two "
                 f"label-sorted shards per client), got {self.num_clients!r}"
@@ -183,15 +180,9 @@ class Experiment:
     def run_config(self, eta: float | None = None) -> cf.RunConfig:
         eta = self.eta if eta is None else eta
         return cf.RunConfig(
-            algorithm=self.algorithm,
-            rounds=self.rounds,
-            tau=self.tau,
-            eta=float(eta),
-            batch_size=self.batch_size,
-            eval_every=self.eval_every,
-            metrics=self.metrics,
-            prox_mu=self.prox_mu,
-            dtype=self.dtype,
+            algorithm=self.algorithm, rounds=self.rounds, tau=self.tau, eta=float(eta),
+            batch_size=self.batch_size, eval_every=self.eval_every, metrics=self.metrics,
+            prox_mu=self.prox_mu, dtype=self.dtype,
         )
 
     def replace(self, **changes: Any) -> Experiment:
@@ -404,13 +395,8 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
             print(f"resuming from round {done} of {exp.rounds} ({ckpt})", flush=True)
     from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 
-    bar = tqdm(
-        total=total,
-        initial=done // every,
-        desc=f"chunks of {every} rounds",
-        leave=False,
-        disable=not exp.checkpoint_every,
-    )
+    bar = tqdm(total=total, initial=done // every, desc=f"chunks of {every} rounds", leave=False,
+               disable=not exp.checkpoint_every)
     out = None
     try:
         for c in range(done // every, total):

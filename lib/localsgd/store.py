@@ -11,12 +11,12 @@ A run's cache entry (:func:`save_result`, :func:`load_result`, at :func:`cache_p
 checkpoints (:func:`save_checkpoint`, :func:`load_checkpoint`, at :func:`checkpoint_path`) share
 one file format: a magic line, the header's length (8 bytes, little-endian), the header (JSON),
 the SHA-256 of header and payload (64 hex digits), the payload (an ``.npz`` of the arrays). A file
-that fails its checksum, or whose arrays cannot be what its config computes, is not served: the
-run recomputes it, with a warning.
+that fails its checksum, or whose arrays cannot be what its config computes, is not used: with a
+warning, the run recomputes the entry, or starts from round 0 instead of the checkpoint.
 
 JAX, the run configuration and :class:`~localsgd.result.Result` are imported inside the functions
-that read entries and checkpoints: the book's tooling imports this module for its paths and
-atomic writes alone, and loads no JAX.
+that need them: the book's tooling imports this module for its paths and atomic writes alone,
+and loads no JAX.
 """
 
 from __future__ import annotations
