@@ -206,7 +206,7 @@ def test_two_processes_match_one(tmp_path):
                    LOCALSGD_NUM_PROCESSES="2", LOCALSGD_PROCESS_ID=str(pid),
                    LOCALSGD_RESULTS=str(tmp_path / f"results{pid}"))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "localsgd.distributed", "--timeout", "60", "run", "--out",
+            [sys.executable, "-m", "localsgd", "--timeout", "60", "run", "--out",
              str(out), *fields], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True))
     logs = []

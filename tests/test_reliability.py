@@ -107,7 +107,8 @@ def _damage_payload(blob: bytes) -> bytes:
 
 
 def _damage_checksum(blob: bytes) -> bytes:
-    i = len(ex._MAGIC) + 8 + int.from_bytes(blob[len(ex._MAGIC):len(ex._MAGIC) + 8], "little")
+    magic = len(store._MAGIC)
+    i = magic + 8 + int.from_bytes(blob[magic:magic + 8], "little")
     digit = b"0" if blob[i:i + 1] != b"0" else b"1"
     return blob[:i] + digit + blob[i + 1:]
 
@@ -186,14 +187,14 @@ def test_a_checkpointed_run_equals_an_uninterrupted_one_and_cleans_up(results):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
     chunked = ex.run(exp)
     assert same(plain, chunked)
-    assert not ex.checkpoint_path(exp).exists()
+    assert not store.checkpoint_path(exp).exists()
     assert (results / "cache" / f"{exp.key()}.npz").exists()
 
 
 @CPU
 def test_an_unusable_checkpoint_means_a_fresh_start_with_a_warning(results, capsys):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
-    path = ex.checkpoint_path(exp)
+    path = store.checkpoint_path(exp)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning, match="checkpoint .* is unusable"):
@@ -244,7 +245,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path, 
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     monkeypatch.setenv("LOCALSGD_RESULTS", str(killed))
-    info = ex.checkpoint_info(exp)
+    info = store.checkpoint_info(exp)
     assert info is not None, "the checkpoint is unreadable after the kill"
     at = info["round"]
     assert 0 < at < exp.rounds and at % 10 == 0
@@ -350,7 +351,7 @@ def test_read_only_results_folder_is_refused_before_work(results, no_work):
 def test_a_folder_at_the_cache_path_is_refused_before_work(results, no_work):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
     for path, cache in ((results / "cache" / f"{exp.key()}.npz", True),
-                        (ex.checkpoint_path(exp), False)):
+                        (store.checkpoint_path(exp), False)):
         path.mkdir(parents=True)
         with pytest.raises(OSError, match=f"LOCALSGD_RESULTS.*{path.name} is a folder"):
             ex.run(exp, cache=cache)
@@ -370,7 +371,7 @@ def _disk_full(*args, **kwargs):
 
 def test_a_failed_cache_write_returns_the_result_with_a_warning(results, monkeypatch):
     exp = ex.Experiment(**TINY)
-    monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
+    monkeypatch.setattr(store, "write_bytes_atomic", _disk_full)
     with pytest.warns(UserWarning, match="not cached.*No space left"):
         res = ex.run(exp)
     monkeypatch.undo()
@@ -380,7 +381,7 @@ def test_a_failed_cache_write_returns_the_result_with_a_warning(results, monkeyp
 @CPU
 def test_a_failed_checkpoint_write_lets_the_run_finish_with_a_warning(results, monkeypatch):
     exp = ex.Experiment(**TINY, checkpoint_every=2)
-    monkeypatch.setattr(ex, "write_bytes_atomic", _disk_full)
+    monkeypatch.setattr(store, "write_bytes_atomic", _disk_full)
     with pytest.warns(UserWarning, match=r"checkpoint at round \d not saved.*No space left") as rec:
         res = ex.run(exp, cache=False)
     assert [str(w.message).split(" not saved")[0] for w in rec] == [
@@ -407,10 +408,10 @@ def test_cache_key_holds_the_platform_and_the_sharded_path(monkeypatch):
 
 def _rewrite_entry(path, change):
     """Rewrites a cache entry whole, with a valid checksum, after ``change(arrays)``."""
-    meta, arrays = ex._unpack(path.read_bytes())
+    meta, arrays = store._unpack(path.read_bytes())
     arrays = {k: np.array(arrays[k]) for k in arrays.files}
     change(arrays)
-    path.write_bytes(ex._pack(meta, arrays))
+    path.write_bytes(store._pack(meta, arrays))
 
 
 def _set(key, value):
@@ -439,7 +440,7 @@ def test_an_entry_with_a_valid_checksum_but_wrong_arrays_is_recomputed(change, r
     good = ex.run(exp)
     path = results / "cache" / f"{exp.key()}.npz"
     _rewrite_entry(path, WRONG_ARRAYS[change])
-    ex._unpack(path.read_bytes())  # the checksum holds
+    store._unpack(path.read_bytes())  # the checksum holds
     with pytest.warns(UserWarning, match="does not match its config.*recomputing"):
         again = ex.run(exp)
     assert same(good, again)

@@ -21,8 +21,10 @@ Data
 Modules, one job each
     ``model`` (the networks), ``data``, ``algorithms`` (the training program), ``diagnostics``
     (the theory's quantities), ``theory`` (predictions), ``claims`` (each chapter's checks),
-    ``analysis`` (fits and tables), ``experiments``, ``distributed`` (clients sharded over
-    devices), ``plotting``, ``store`` (where results go).
+    ``analysis`` (fits and tables), ``experiments`` (the config and the runner), ``result``
+    (what a run returns, and its provenance), ``distributed`` (clients sharded over devices),
+    ``plotting``, ``store`` (everything written: cache entries, checkpoints, where they go).
+    ``python -m localsgd`` runs one experiment with its clients sharded over every device.
 
 Names are imported on first use, so ``import localsgd`` is quick and loads no JAX until an
 exported name or a module is touched.
@@ -38,12 +40,12 @@ __version__ = "0.1.0"
 # exported name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     "Experiment": "experiments",
-    "Result": "experiments",
+    "Result": "result",
     "run": "experiments",
     "run_grid": "experiments",
     "load_data": "experiments",
     "client_data": "experiments",
-    "checkpoint_path": "experiments",
+    "checkpoint_path": "store",
     "results_dir": "store",
     "Dataset": "data",
     "ClientData": "data",
@@ -67,6 +69,7 @@ _MODULES = (
     "experiments",
     "model",
     "plotting",
+    "result",
     "store",
     "theory",
 )
@@ -121,13 +124,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         sphere,
         to_clients,
     )
-    from .experiments import (
-        Experiment,
-        Result,
-        checkpoint_path,
-        client_data,
-        load_data,
-        run,
-        run_grid,
-    )
-    from .store import results_dir
+    from .experiments import Experiment, client_data, load_data, run, run_grid
+    from .result import Result
+    from .store import checkpoint_path, results_dir

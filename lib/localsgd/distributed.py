@@ -45,25 +45,14 @@ The variables read by :func:`initialize` (the ``LOCALSGD_`` name wins over the `
 * ``LOCALSGD_DISTRIBUTED=auto``: instead of the above, let ``jax.distributed.initialize`` detect
   the cluster (SLURM, Open MPI, Cloud TPU, ...).
 
-Command line (``python -m localsgd.distributed --help``)::
-
-    python -m localsgd.distributed info
-    python -m localsgd.distributed run [--out FILE.npz] [--cache] [FIELD=VALUE ...]
-
-``run`` builds a :class:`localsgd.experiments.Experiment` from the fields and runs it with the
-clients sharded over every device of every process; start it once per process with the variables
-above. ``FILE`` may contain ``{process}``; without it only process 0 writes.
+The command line ``python -m localsgd`` (:mod:`localsgd.__main__`) runs one experiment this way,
+started once per process with the variables above.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import functools
-import math
 import os
-import sys
-import time
 import warnings
 
 import jax
@@ -136,7 +125,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     except RuntimeError as err:  # JAX refuses once its backends have started
         raise RuntimeError(
             "localsgd.distributed.initialize() must run before any JAX computation in this "
-            "process: start it first (python -m localsgd.distributed ..., or import "
+            "process: start it first (python -m localsgd ..., or import "
             f"localsgd.experiments before computing anything, with LOCALSGD_MESH=clients set) "
             f"({err})") from err
     return jax.process_count() > 1
@@ -354,73 +343,3 @@ def sweep(config: cf.RunConfig, spec, params0: dict, data: ClientData, keys, eta
         data, mesh = _prepare(data, mesh, np.shape(data.x)[0])
         args = _inputs(mesh, True, etas, params0, data, keys, start, probe)
         return _local(_compiled(mesh, True)(config, spec, *args))
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-def _field(text: str):
-    name, sep, value = text.partition("=")
-    if not sep or not name.isidentifier():
-        raise ValueError(f"expected FIELD=VALUE, got {text!r}")
-    try:
-        v = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        v = value
-    if name == "metrics" and isinstance(v, str):
-        v = tuple(s for s in v.split(",") if s)
-    return name, v
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m localsgd.distributed",
-        description="Run an experiment with its clients sharded over every device of every "
-        "process. Start one process per host (or per device group) with "
-        "LOCALSGD_COORDINATOR_ADDRESS, LOCALSGD_NUM_PROCESSES and LOCALSGD_PROCESS_ID set; "
-        "without them it runs on this process's devices alone.")
-    p.add_argument("--timeout", type=int, default=300,
-                   help="seconds to wait for every process to join (default 300)")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="print the processes, devices and the mesh")
-    r = sub.add_parser("run", help="run one Experiment; fields as FIELD=VALUE (Python literals)")
-    r.add_argument("fields", nargs="*", metavar="FIELD=VALUE")
-    r.add_argument("--out", help="write metrics, rounds, eta, diverged_at to this .npz "
-                   "(process 0 only unless the name contains {process})")
-    r.add_argument("--cache", action="store_true",
-                   help="read and write the results cache ($LOCALSGD_RESULTS/cache)")
-    return p
-
-
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    fields = dict(_field(f) for f in getattr(args, "fields", []))  # bad syntax: before start-up
-    multi = initialize(timeout=args.timeout)
-    pid = jax.process_index()
-    mesh = client_mesh()
-    if args.command == "info":
-        print(f"process {pid} of {jax.process_count()} (multi-process: {multi}); local devices "
-              f"{jax.local_devices()}; mesh {dict(mesh.shape)} over {mesh.devices.tolist()}",
-              flush=True)
-        return 0
-    os.environ["LOCALSGD_MESH"] = "clients"
-    from . import experiments as ex
-
-    exp = ex.Experiment(**fields)
-    t0 = time.perf_counter()
-    res = ex.run(exp, cache=args.cache)
-    seconds = time.perf_counter() - t0
-    if args.out and (pid == 0 or "{process}" in args.out):
-        out = args.out.format(process=pid)
-        arrays = {f"metrics/{k}": v for k, v in res.metrics.items()}
-        np.savez(out, rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at, **arrays)
-    if pid == 0:
-        final = res.metrics[exp.metrics[0]][:, -1]
-        print(f"{jax.process_count()} process(es), {math.prod(mesh.shape.values())} device(s): "
-              f"{exp.metrics[0]} at round {int(res.rounds[-1])} = {np.asarray(final).tolist()} "
-              f"({seconds:.1f} s)", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

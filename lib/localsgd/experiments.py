@@ -1,10 +1,11 @@
-"""Experiments: one frozen config, validated field by field, a runner that returns arrays plus
-provenance, and an on-disk cache keyed by the config and the library version.
+"""Experiments: one frozen config, validated field by field, and the runner that turns it into
+arrays plus provenance (a :class:`localsgd.result.Result`).
 
 An :class:`Experiment` fixes the data, the network, the algorithm and the seeds. ``run`` draws
 ``seeds`` initialisations and PRNG keys and runs them all in one compiled program
-(:func:`localsgd.engine.sweep`); results live in ``$LOCALSGD_RESULTS/cache`` (default
-``results/cache``), so a rebuilt book does not recompute an unchanged run.
+(:func:`localsgd.engine.sweep`); results are cached by :mod:`localsgd.store` under
+``$LOCALSGD_RESULTS/cache`` (default ``results/cache``), keyed by the config, the library version
+and its source, so a rebuilt book does not recompute an unchanged run.
 
 Reliability:
 
@@ -13,11 +14,9 @@ Reliability:
   data decides (``n``, ``num_clients``, ``batch_size`` against the smallest client) right after
   loading it.
 * Same config and seed, same numbers, bitwise (on one platform), whether computed or read back.
-* A cache entry is written atomically (temporary file, then rename) and carries a SHA-256 of its
-  contents; an entry that fails the check (corrupt, truncated) is recomputed with a warning.
-* With ``checkpoint_every`` the rounds run in chunks, and the state after each chunk is saved to
-  ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``; a killed run, started again, resumes from the last
-  checkpoint and ends with exactly the numbers of an uninterrupted run.
+* A damaged cache entry, or one whose arrays do not fit its config, is recomputed with a warning.
+* With ``checkpoint_every`` the rounds run in chunks, the state saved after each; a killed run,
+  started again, resumes from there and ends with exactly the numbers of an uninterrupted run.
 * Inputs must be unit-norm (the theory assumes ``||x_i|| = 1``): :func:`load_data` and
   :func:`client_data` (the way in for your own arrays) refuse other rows and point to
   :func:`localsgd.data.normalise_rows`.
@@ -28,12 +27,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
-import platform
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -47,7 +43,8 @@ from . import __version__, budget, model, store, theory
 from . import config as cf
 from . import data as dt
 from . import engine as en
-from .store import results_dir, write_bytes_atomic
+from . import result as rs
+from .result import Result
 
 DATASETS = ("sphere", "digits", "idx")
 ETA_RULES = ("fixed", "ntk")
@@ -148,11 +145,8 @@ class Experiment:
         object.__setattr__(self, "alpha", cf.check_float("alpha", self.alpha))
         if self.delta is not None:
             object.__setattr__(self, "delta", cf.check_float("delta", self.delta, 0.0, 1.0))
-        if (
-            self.dataset == "sphere"
-            and self.partition == "shards"
-            and 2 * self.num_clients > self.n
-        ):
+        shards = self.partition == "shards"
+        if self.dataset == "sphere" and shards and 2 * self.num_clients > self.n:
             raise ValueError(
                 f"num_clients must be at most n/2={self.n // 2} with partition='shards' (two "
                 f"label-sorted shards per client), got {self.num_clients!r}"
@@ -186,15 +180,9 @@ class Experiment:
     def run_config(self, eta: float | None = None) -> cf.RunConfig:
         eta = self.eta if eta is None else eta
         return cf.RunConfig(
-            algorithm=self.algorithm,
-            rounds=self.rounds,
-            tau=self.tau,
-            eta=float(eta),
-            batch_size=self.batch_size,
-            eval_every=self.eval_every,
-            metrics=self.metrics,
-            prox_mu=self.prox_mu,
-            dtype=self.dtype,
+            algorithm=self.algorithm, rounds=self.rounds, tau=self.tau, eta=float(eta),
+            batch_size=self.batch_size, eval_every=self.eval_every, metrics=self.metrics,
+            prox_mu=self.prox_mu, dtype=self.dtype,
         )
 
     def replace(self, **changes: Any) -> Experiment:
@@ -203,77 +191,17 @@ class Experiment:
 
     def key(self) -> str:
         """Cache key: a hash of every field that the results depend on (all but
-        ``checkpoint_every``), what else decides the numbers (:func:`_identity`: a user's data
-        files by their contents), the library version and the source of the modules that compute
-        results, so that a changed library or a rewritten data file never serves a stale
-        entry."""
+        ``checkpoint_every``), what else decides the numbers (:func:`localsgd.result.identity`: a
+        user's data files by their contents), the library version and the source of the modules
+        that compute results (:func:`localsgd.result.source_digest`), so that a changed library
+        or a rewritten data file never serves a stale entry."""
         config = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_KEY}
         blob = json.dumps(
-            {"config": config, "identity": _identity(self), "version": __version__,
-             "source": _source_digest()},
+            {"config": config, "identity": rs.identity(self), "version": __version__,
+             "source": rs.source_digest()},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-_COMPUTING_MODULES = (
-    "algorithms", "config", "data", "diagnostics", "engine", "experiments", "model", "theory"
-)
-
-
-@functools.cache
-def _source_digest() -> str:
-    """SHA-256 of the source of the modules whose code determines a run's numbers."""
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in _COMPUTING_MODULES:
-        h.update((here / f"{name}.py").read_bytes())
-    return h.hexdigest()
-
-
-@dataclasses.dataclass
-class Result:
-    """What a run returns. Arrays carry a leading seed axis ``S``.
-
-    ``metrics[name]``: ``(S, E, ...)`` at the recorded rounds ``rounds: (E,)``; ``iterations``
-    is ``rounds * tau`` (local steps per client); ``eta: (S,)`` the step sizes used;
-    ``diverged_at: (S,)`` the round at which a seed diverged, or -1; ``test``: dict of ``(S,)``
-    test metrics where the data set has a test split; ``provenance``: config, versions, platform,
-    time taken.
-
-    A seed diverges when its weights or any recorded metric become non-finite; ``diverged_at`` is
-    then the first such round (a recorded round when only a metric shows it), training stops at
-    the last finite weights, and from there on ``metrics`` repeat the last finite record, so
-    every recorded value is finite. :meth:`divergence_message` names the parameter to lower.
-    """
-
-    config: Experiment
-    metrics: dict[str, np.ndarray]
-    rounds: np.ndarray
-    eta: np.ndarray
-    diverged_at: np.ndarray
-    test: dict[str, np.ndarray]
-    provenance: dict[str, Any]
-
-    @property
-    def iterations(self) -> np.ndarray:
-        return self.rounds * self.config.tau
-
-    @property
-    def diverged(self) -> bool:
-        return bool(np.any(self.diverged_at >= 0))
-
-    def divergence_message(self) -> str | None:
-        """Why the run cannot be plotted, naming the parameter to lower; None when it converged."""
-        if not self.diverged:
-            return None
-        s = int(np.argmax(self.diverged_at >= 0))
-        why = self.provenance.get("diverged_why") or [en.WHY[1]] * len(self.diverged_at)
-        cfg = self.config.run_config(float(self.eta[s]))
-        return (
-            en.divergence_message(cfg, int(self.diverged_at[s]), en.WHY.index(why[s]))
-            + f" (seed {self.config.seed + s})"
-        )
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -367,60 +295,6 @@ def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.Client
 # -- running -----------------------------------------------------------------------------------
 
 
-def _mesh() -> str:
-    """The path a run takes: ``"none"`` (one device) or ``"clients:<devices>"`` (the clients
-    sharded over that many devices by ``LOCALSGD_MESH=clients``)."""
-    mesh = os.environ.get("LOCALSGD_MESH", "") or "none"
-    return f"clients:{jax.device_count()}" if mesh == "clients" else mesh
-
-
-def _identity(exp: Experiment) -> dict:
-    """What decides a run's numbers besides its fields: the contents of a user's IDX files
-    (SHA-256 of their bytes; the paths alone would serve stale results after a rewrite), the
-    platform (``jax.default_backend()``) and the path (:func:`_mesh`): the sharded and the
-    single-device program agree only to float32 rounding, so neither may serve the other's
-    entry."""
-    ident = {"platform": jax.default_backend(), "mesh": _mesh()}
-    if exp.dataset == "idx":
-        ident["idx_contents"] = []
-        for name in ("idx_images", "idx_labels"):
-            try:
-                ident["idx_contents"].append(dt.file_digest(getattr(exp, name)))
-            except OSError as err:  # gone or unreadable since the config was built
-                raise ValueError(
-                    f"{name} must name a readable IDX file, got {getattr(exp, name)!r} ({err})"
-                ) from err
-    return ident
-
-
-def _cache_path(exp: Experiment) -> Path:
-    return results_dir() / "cache" / f"{exp.key()}.npz"
-
-
-def _check_writable(exp: Experiment, cache: bool) -> None:
-    """Before the work: the files this run will write (its cache entry, its checkpoints) can be
-    written; else :class:`localsgd.store.NotWritableError` naming ``LOCALSGD_RESULTS``."""
-    paths = ([_cache_path(exp)] if cache else []) + (
-        [checkpoint_path(exp)] if exp.checkpoint_every else []
-    )
-    store.check_writable(*paths)
-
-
-def checkpoint_path(exp: Experiment) -> Path:
-    """Where :func:`run` keeps ``exp``'s checkpoint: ``$LOCALSGD_RESULTS/checkpoints/<key>.npz``."""
-    return results_dir() / "checkpoints" / f"{exp.key()}.npz"
-
-
-def checkpoint_info(exp: Experiment) -> dict | None:
-    """The header of ``exp``'s checkpoint (``round``: rounds done, ``key``, ``created``), or None
-    when there is none or it is unreadable."""
-    try:
-        meta, _ = _unpack(checkpoint_path(exp).read_bytes())
-    except Exception:  # noqa: BLE001  (missing or corrupt: no usable checkpoint)
-        return None
-    return meta
-
-
 def run(exp: Experiment, cache: bool = True) -> Result:
     """Runs (or loads from the cache) every seed of ``exp`` in one compiled program.
 
@@ -428,16 +302,17 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     construction; ``n``, ``num_clients`` and ``batch_size`` against the data right after loading
     it). With ``exp.checkpoint_every`` the rounds run in chunks of that many (a progress bar
     counts them) and the state after each chunk is saved atomically, with a checksum, to
-    :func:`checkpoint_path`; a run started again after being killed prints ``resuming from round
-    r`` and continues from there, ending with exactly the numbers of an uninterrupted run. The
-    checkpoint is deleted once the run completes (and its result is cached).
+    :func:`localsgd.store.checkpoint_path`; a run started again after being killed prints
+    ``resuming from round r`` and continues from there, ending with exactly the numbers of an
+    uninterrupted run. The checkpoint is deleted once the run completes (and its result is
+    cached).
     """
     if not isinstance(exp, Experiment):
         raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
     _sweep_fn(exp)  # a bad LOCALSGD_MESH fails here, before any work
-    path = _cache_path(exp)
+    path = store.cache_path(exp)
     if cache:
-        hit = _load(path, exp)
+        hit = store.load_result(path, exp)
         if hit is not None:
             return hit
     t0 = time.perf_counter()
@@ -449,25 +324,20 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
     en.check_inputs(cfg, spec, shapes, clients)
     budget.check_memory(exp, int(clients.mask.sum()), d, d_out, clients.x.shape[1])
-    _check_writable(exp, cache)
+    ckpts = [store.checkpoint_path(exp)] if exp.checkpoint_every else []
+    store.check_writable(*([path] if cache else []), *ckpts)  # before the work
     with en.precision(cfg):
         out, metrics, rounds, resumed, etas, test_metrics = _compute(exp, cfg, spec, clients, test)
-    metrics, diverged_at = _stop_at_divergence(metrics, rounds, np.asarray(out.diverged_at))
+    metrics, diverged_at = rs.stop_at_divergence(metrics, rounds, np.asarray(out.diverged_at))
     why = np.where(diverged_at >= 0, np.maximum(np.asarray(out.diverged_why), 1), 0)
-    res = Result(
-        config=exp,
-        metrics=metrics,
-        rounds=rounds,
-        eta=etas,
-        diverged_at=diverged_at,
-        test=test_metrics,
-        provenance=_provenance(exp, time.perf_counter() - t0, resumed),
-    )
+    res = Result(config=exp, metrics=metrics, rounds=rounds, eta=etas, diverged_at=diverged_at,
+                 test=test_metrics,
+                 provenance=rs.provenance(exp, time.perf_counter() - t0, resumed))
     res.provenance["diverged_why"] = [en.WHY[int(w)] for w in why]
     if cache:
-        _store(path, res)
-    if exp.checkpoint_every:
-        checkpoint_path(exp).unlink(missing_ok=True)
+        store.save_result(path, res)
+    for ckpt in ckpts:  # the run is complete
+        ckpt.unlink(missing_ok=True)
     return res
 
 
@@ -523,10 +393,10 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
     every = exp.checkpoint_every or exp.rounds
     chunk = cfg if every == exp.rounds else dataclasses.replace(cfg, rounds=every)
     total = exp.rounds // every
-    ckpt = checkpoint_path(exp)
+    ckpt = store.checkpoint_path(exp)
     state, parts, done = None, [], 0
     if exp.checkpoint_every:
-        saved = _load_checkpoint(
+        saved = store.load_checkpoint(
             ckpt, exp, etas, lambda: en.sweep(chunk, spec, params0, clients, keys, etas).state
         )
         if saved is not None:
@@ -535,13 +405,8 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
             print(f"resuming from round {done} of {exp.rounds} ({ckpt})", flush=True)
     from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
 
-    bar = tqdm(
-        total=total,
-        initial=done // every,
-        desc=f"chunks of {every} rounds",
-        leave=False,
-        disable=not exp.checkpoint_every,
-    )
+    bar = tqdm(total=total, initial=done // every, desc=f"chunks of {every} rounds", leave=False,
+               disable=not exp.checkpoint_every)
     out = None
     try:
         for c in range(done // every, total):
@@ -551,7 +416,7 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
             parts.append((metrics, np.asarray(out.rounds[0])))
             if exp.checkpoint_every and c + 1 < total:
                 parts = [_concat(parts)]
-                _save_checkpoint(ckpt, exp, state, *parts[0], etas)
+                store.save_checkpoint(ckpt, exp, state, *parts[0], etas)
             bar.update()
     finally:
         bar.close()
@@ -567,31 +432,6 @@ def _concat(parts):
     return metrics, np.concatenate([r for _, r in parts])
 
 
-def _stop_at_divergence(metrics, rounds, diverged_at):
-    """Holds every metric of a diverged seed at its last record before the divergence round, so
-    that the returned metrics show no value of the weights the run was stopped at, whichever
-    metrics were recorded. (The engine's guard marks a run diverged when its loss, computed
-    whatever is recorded, or any recorded value is non-finite; a non-finite record that it could
-    not see marks the run here, at that record's round.)"""
-    metrics = {k: np.array(v) for k, v in metrics.items()}
-    diverged_at = np.array(diverged_at)
-    S, E = diverged_at.shape[0], len(rounds)
-    bad = np.zeros((S, E), bool)
-    for v in metrics.values():
-        bad |= ~np.isfinite(v.reshape(S, E, -1)).all(axis=-1)
-    for s in range(S):
-        hits = np.flatnonzero(bad[s])
-        if hits.size and hits[0] > 0 and (diverged_at[s] < 0 or rounds[hits[0]] < diverged_at[s]):
-            diverged_at[s] = rounds[hits[0]]
-        if diverged_at[s] < 0:
-            continue
-        e = int(np.searchsorted(rounds, diverged_at[s]))
-        if 0 < e < E:
-            for v in metrics.values():
-                v[s, e:] = v[s, e - 1]
-    return metrics, diverged_at
-
-
 def run_grid(exps: Iterable[Experiment], desc: str = "runs", cache: bool = True) -> list[Result]:
     """Runs several experiments with a progress bar; all configs are validated first."""
     from tqdm.std import tqdm  # text bars on stderr: no widget state in executed notebooks
@@ -601,199 +441,3 @@ def run_grid(exps: Iterable[Experiment], desc: str = "runs", cache: bool = True)
         if not isinstance(e, Experiment):
             raise ValueError(f"exps must hold Experiment objects, got {type(e).__name__}")
     return [run(e, cache=cache) for e in tqdm(exps, desc=desc, leave=False)]
-
-
-def _provenance(exp, seconds, resumed_from=0):
-    import flax
-    import jaxlib
-    import optax
-
-    return {
-        "config": dataclasses.asdict(exp),
-        "key": exp.key(),
-        "localsgd": __version__,
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": jax.default_backend(),
-        "mesh": _mesh(),
-        "device": str(jax.devices()[0].device_kind),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "seconds": round(seconds, 3),
-        "resumed_from_round": int(resumed_from),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-# -- the cache and the checkpoints -------------------------------------------------------------
-# One file format for both: a magic line, the header's length (8 bytes), the header (JSON), the
-# SHA-256 of header and payload (64 hex digits), the payload (an .npz of the arrays).
-
-_MAGIC = b"localsgd-results-v1\n"
-
-
-def _pack(meta: dict, arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    payload = buf.getvalue()
-    head = json.dumps(meta, sort_keys=True).encode()
-    digest = hashlib.sha256(head + payload).hexdigest().encode()
-    return _MAGIC + len(head).to_bytes(8, "little") + head + digest + payload
-
-
-def _unpack(blob: bytes):
-    """``(meta, arrays)``; raises ValueError on a file that is not one, truncated or corrupt."""
-    if not blob.startswith(_MAGIC):
-        raise ValueError("not a localsgd results file (bad magic line)")
-    blob = blob[len(_MAGIC) :]
-    size = int.from_bytes(blob[:8], "little")
-    if len(blob) < 8 + size + 64:
-        raise ValueError(f"truncated: {len(blob)} bytes after the magic line")
-    head, digest = blob[8 : 8 + size], blob[8 + size : 8 + size + 64]
-    payload = blob[8 + size + 64 :]
-    if hashlib.sha256(head + payload).hexdigest().encode() != digest:
-        raise ValueError("checksum mismatch")
-    return json.loads(head), np.load(io.BytesIO(payload))
-
-
-def _store(path: Path, res: Result) -> None:
-    """Writes the result atomically (temporary file, then rename) with a checksum. A write that
-    fails (disk full, the folder gone read-only since the run began) costs only the cache entry:
-    a warning says so and the result is still returned."""
-    arrays = {f"metrics/{k}": v for k, v in res.metrics.items()}
-    arrays.update({f"test/{k}": v for k, v in res.test.items()})
-    arrays.update(rounds=res.rounds, eta=res.eta, diverged_at=res.diverged_at)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, _pack({"provenance": res.provenance}, arrays))
-    except OSError as err:
-        warnings.warn(
-            f"the result was not cached: cannot write {path} ({err}); check LOCALSGD_RESULTS",
-            stacklevel=3,
-        )
-
-
-def _load(path: Path, exp: Experiment) -> Result | None:
-    if not path.is_file():  # missing, or a folder (which the run then refuses to overwrite)
-        return None
-    try:
-        meta, arrays = _unpack(path.read_bytes())
-        if meta["provenance"]["key"] != exp.key():
-            raise ValueError(f"it holds key {meta['provenance']['key']}, not {exp.key()}")
-        metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
-        test = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("test/")}
-        res = Result(
-            exp,
-            metrics,
-            arrays["rounds"],
-            arrays["eta"],
-            arrays["diverged_at"],
-            test,
-            meta["provenance"],
-        )
-        _check_entry(res)
-        return res
-    except Exception as err:  # noqa: BLE001  (a corrupt, truncated or invalid entry is recomputed)
-        warnings.warn(
-            f"cache entry {path} is unreadable or does not match its config ({err}); recomputing",
-            stacklevel=3,
-        )
-        return None
-
-
-# Metrics recorded as one value an evaluation, and as a vector (clients or layers) an evaluation.
-_SCALAR_METRICS = ("loss", "grad_norm", "pl_ratio", "dist_rel", "flips", "ever_flipped")
-_VECTOR_METRICS = ("client_loss", "dist", "forward_norms", "gap", "gap_rel", "local_flips", "drift")
-
-
-def _check_entry(res: Result) -> None:
-    """Raises ValueError where a cache entry's arrays cannot be the result of its config: the
-    recorded rounds, the ``(S,)`` step sizes and divergence rounds, every metric the config asks
-    for at ``(S, E, ...)``, finite where the run records finite values (ratios may be 0/0), and
-    the test metrics exactly where the data has a test split. The checksum guards against damage;
-    this guards against an entry written whole but wrong."""
-    exp, S = res.config, res.config.seeds
-    want_rounds = np.arange(0, exp.rounds + 1, exp.eval_every)
-    if not np.array_equal(res.rounds, want_rounds):
-        raise ValueError(f"its rounds {np.shape(res.rounds)} are not {want_rounds.shape}")
-    E = want_rounds.size
-    eta, div = np.asarray(res.eta), np.asarray(res.diverged_at)
-    if eta.shape != (S,) or not np.all(np.isfinite(eta) & (eta > 0)):
-        raise ValueError(f"its step sizes are not {S} positive finite numbers: {eta!r}")
-    if div.shape != (S,) or div.dtype.kind not in "iu" or np.any((div < -1) | (div > exp.rounds)):
-        raise ValueError(f"its divergence rounds are not {S} integers in [-1, {exp.rounds}]")
-    want = {k for name in exp.metrics for k in cf.METRICS.get(name, (name,))}
-    if set(res.metrics) != want:
-        raise ValueError(f"it records {sorted(res.metrics)}, the config asks for {sorted(want)}")
-    for k, v in res.metrics.items():
-        ndim = 2 if k in _SCALAR_METRICS else 3 if k in _VECTOR_METRICS else v.ndim
-        if v.shape[:2] != (S, E) or v.ndim != ndim or v.dtype.kind != "f":
-            raise ValueError(f"its metric {k} is {v.dtype}{v.shape}, expected ({S}, {E}, ...)")
-        if k != "pl_ratio" and not k.endswith("_rel") and not np.all(np.isfinite(v)):
-            raise ValueError(f"its metric {k} has NaN or infinite values")
-    want_test = set() if exp.dataset == "sphere" else {"accuracy", "loss"}
-    if set(res.test) != want_test or any(np.shape(v) != (S,) for v in res.test.values()):
-        raise ValueError(f"its test metrics {sorted(res.test)} are not {sorted(want_test)}")
-
-
-def _save_checkpoint(path: Path, exp: Experiment, state, metrics, rounds, etas) -> None:
-    leaves, treedef = jax.tree_util.tree_flatten(state)
-    arrays = {f"state/{i}": np.asarray(a) for i, a in enumerate(leaves)}
-    arrays.update({f"metrics/{k}": v for k, v in metrics.items()})
-    arrays.update(rounds=rounds, eta=etas)
-    meta = {
-        "key": exp.key(),
-        "round": int(rounds[-1]),
-        "rounds": exp.rounds,
-        "treedef": str(treedef),
-        "leaves": len(leaves),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, _pack(meta, arrays))
-    except OSError as err:  # the run goes on; only a resume after a kill is lost
-        warnings.warn(
-            f"checkpoint at round {meta['round']} not saved: cannot write {path} ({err}); "
-            f"check LOCALSGD_RESULTS",
-            stacklevel=3,
-        )
-
-
-def _load_checkpoint(path: Path, exp: Experiment, etas, template):
-    """``(state, metrics, rounds, round_done)`` from a valid checkpoint of ``exp``, else None (with
-    a warning when one exists but cannot be used). ``template()`` gives a state of the right
-    structure (only its shapes are evaluated)."""
-    if not path.exists():
-        return None
-    try:
-        meta, arrays = _unpack(path.read_bytes())
-        if meta["key"] != exp.key():
-            raise ValueError(f"it holds key {meta['key']}, not {exp.key()}")
-        done, every = int(meta["round"]), exp.checkpoint_every
-        if not (0 < done < exp.rounds and done % every == 0):
-            raise ValueError(
-                f"round {done} is not a multiple of checkpoint_every={every} below "
-                f"rounds={exp.rounds}"
-            )
-        if not np.array_equal(arrays["eta"], etas):
-            raise ValueError("its step sizes differ from this run's")
-        shapes, treedef = jax.tree_util.tree_flatten(jax.eval_shape(template))
-        if meta["treedef"] != str(treedef) or meta["leaves"] != len(shapes):
-            raise ValueError("its state has another structure")
-        leaves = [arrays[f"state/{i}"] for i in range(len(shapes))]
-        for a, t in zip(leaves, shapes, strict=True):
-            if a.shape != t.shape or a.dtype != t.dtype:
-                raise ValueError(
-                    f"a state array is {a.dtype}{a.shape}, expected {t.dtype}{t.shape}"
-                )
-        state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
-        metrics = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("metrics/")}
-        return state, metrics, arrays["rounds"], done
-    except Exception as err:  # noqa: BLE001  (an unusable checkpoint means a fresh start)
-        warnings.warn(f"checkpoint {path} is unusable ({err}); starting from round 0", stacklevel=3)
-        return None

@@ -2,7 +2,7 @@
 theorems' step regime and at a fixed step, and Local SGD against minibatch SGD at equal
 computation with each method's step tuned over the same grid.
 
-Each function takes recorded :class:`localsgd.experiments.Result` objects; none runs anything.
+Each function takes recorded :class:`localsgd.result.Result` objects; none runs anything.
 """
 
 from __future__ import annotations

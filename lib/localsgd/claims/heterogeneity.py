@@ -1,7 +1,7 @@
 """Chapter 10 (heterogeneity): how the label skew of a partition changes the rate at which Local
 SGD reaches a target loss, with the theorems' step (``eta * tau`` small) and at a fixed step.
 
-Each function takes recorded :class:`localsgd.experiments.Result` objects and the measured skew
+Each function takes recorded :class:`localsgd.result.Result` objects and the measured skew
 of each partition; none runs anything.
 """
 

@@ -13,7 +13,7 @@ __all__ = ["arrays", "bitwise_equal", "max_diff", "reproducibility"]
 
 
 def arrays(result) -> dict[str, np.ndarray]:
-    """Every array a :class:`~localsgd.experiments.Result` records, by name (``metrics/<k>``,
+    """Every array a :class:`~localsgd.result.Result` records, by name (``metrics/<k>``,
     ``test/<k>``, ``rounds``, ``eta``, ``diverged_at``)."""
     out = {f"metrics/{k}": np.asarray(v) for k, v in result.metrics.items()}
     out.update({f"test/{k}": np.asarray(v) for k, v in result.test.items()})
