@@ -235,6 +235,26 @@ def test_digits_run_reports_test_metrics():
     assert loss.shape == (1,) and np.isfinite(loss[0]) and loss[0] > 0
 
 
+def test_digits_run_records_the_test_outputs_its_test_metrics_are_computed_from():
+    exp = ex.Experiment(dataset="digits", n=60, num_clients=3, m=32, L=1, rounds=2, eta=0.1,
+                        eta_rule="fixed", seeds=2, metrics=("loss", "test_outputs"))
+    res = ex.run(exp, cache=False)
+    _, test, _ = ex.load_data(exp)
+    out = res.metrics["test_outputs"]
+    assert out.shape == (2, exp.run_config().evaluations, test.x.shape[0], 10)
+    # at the last recorded round the outputs are the final model's, whose test metrics the run reports
+    np.testing.assert_allclose(
+        np.mean(np.argmax(out[:, -1], -1) == test.labels, -1), res.test["accuracy"])
+    np.testing.assert_allclose(
+        np.mean(0.5 * np.sum((out[:, -1] - test.y) ** 2, -1), -1), res.test["loss"], rtol=1e-5)
+    assert not np.allclose(out[:, 0], out[:, -1])
+
+
+def test_test_outputs_need_a_test_split():
+    with pytest.raises(ValueError, match="metrics.*test split"):
+        ex.Experiment(dataset="sphere", metrics=("loss", "test_outputs"))
+
+
 def test_run_grid_rejects_non_experiments():
     with pytest.raises(ValueError, match="exps"):
         ex.run_grid([BASE, {"n": 4}])

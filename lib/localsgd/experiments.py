@@ -131,6 +131,11 @@ class Experiment:
         cf.check_int("seed", self.seed, 0, cf.INT32_MAX - self.seeds + 1, why)
         if self.dataset == "sphere" and self.num_clients > self.n:
             raise ValueError(f"num_clients must be at most n={self.n}, got {self.num_clients!r}")
+        if self.dataset == "sphere" and "test_outputs" in self.metrics:
+            raise ValueError(
+                "metrics: 'test_outputs' records the outputs on a test split, which "
+                "dataset='sphere' has none of; use dataset='digits' or 'idx'"
+            )
         if self.dataset == "idx":
             for name in ("idx_images", "idx_labels"):
                 v = getattr(self, name)
@@ -322,12 +327,14 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     cfg = exp.run_config()
     # What only the data decides (batch_size against the smallest client), before any work.
     shapes = jax.eval_shape(functools.partial(model.init, jax.random.key(0), spec))
-    en.check_inputs(cfg, spec, shapes, clients)
+    probe = None if test is None else np.asarray(test.x, exp.dtype)
+    en.check_inputs(cfg, spec, shapes, clients, probe if "test_outputs" in cfg.metrics else None)
     budget.check_memory(exp, int(clients.mask.sum()), d, d_out, clients.x.shape[1])
     ckpts = [store.checkpoint_path(exp)] if exp.checkpoint_every else []
     store.check_writable(*([path] if cache else []), *ckpts)  # before the work
     with en.precision(cfg):
-        out, metrics, rounds, resumed, etas, test_metrics = _compute(exp, cfg, spec, clients, test)
+        out, metrics, rounds, resumed, etas, test_metrics = _compute(exp, cfg, spec, clients, test,
+                                                                     probe)
     metrics, diverged_at = rs.stop_at_divergence(metrics, rounds, np.asarray(out.diverged_at))
     why = np.where(diverged_at >= 0, np.maximum(np.asarray(out.diverged_why), 1), 0)
     res = Result(config=exp, metrics=metrics, rounds=rounds, eta=etas, diverged_at=diverged_at,
@@ -341,9 +348,10 @@ def run(exp: Experiment, cache: bool = True) -> Result:
     return res
 
 
-def _compute(exp, cfg, spec, clients, test):
+def _compute(exp, cfg, spec, clients, test, probe):
     """The initialisations, step sizes and the run itself, in ``exp.dtype`` (the clients'
-    averaging weights ``n_k / n`` recomputed in it); test metrics where there is a test split."""
+    averaging weights ``n_k / n`` recomputed in it); test metrics where there is a test split.
+    ``probe``: the test inputs, at which the metric ``"test_outputs"`` records the outputs."""
     dtype = jnp.dtype(exp.dtype)
     if dtype != clients.weight.dtype:
         mask = np.asarray(clients.mask, dtype)
@@ -351,7 +359,10 @@ def _compute(exp, cfg, spec, clients, test):
     params0, keys = init_params(exp, spec)
     params0 = jax.tree.map(lambda a: a.astype(dtype), params0)
     etas = step_sizes(exp, spec, params0, clients)
-    out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas)
+    if "test_outputs" not in cfg.metrics:
+        probe = None
+    out, metrics, rounds, resumed = _run_rounds(exp, cfg, spec, params0, clients, keys, etas,
+                                                probe)
     test_metrics = {}
     if test is not None:
         preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x, dtype)))(out.params)
@@ -385,7 +396,7 @@ if os.environ.get("LOCALSGD_MESH") == "clients":  # a multi-host run must join b
     _distributed.initialize()
 
 
-def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
+def _run_rounds(exp, cfg, spec, params0, clients, keys, etas, probe=None):
     """The sweep, in chunks of ``checkpoint_every`` rounds when that is set (each continuing from
     the previous one's state, which is exact). Returns the last chunk's output, the metrics and
     recorded rounds of the whole run, and the round it resumed from (0 for a fresh start)."""
@@ -397,7 +408,7 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
     state, parts, done = None, [], 0
     if exp.checkpoint_every:
         saved = store.load_checkpoint(
-            ckpt, exp, etas, lambda: en.sweep(chunk, spec, params0, clients, keys, etas).state
+            ckpt, exp, etas, lambda: en.sweep(chunk, spec, params0, clients, keys, etas, probe=probe).state
         )
         if saved is not None:
             state, metrics, rounds, done = saved
@@ -410,7 +421,7 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas):
     out = None
     try:
         for c in range(done // every, total):
-            out = sweep(chunk, spec, params0, clients, keys, etas, start=state)
+            out = sweep(chunk, spec, params0, clients, keys, etas, start=state, probe=probe)
             state = out.state
             metrics = {k: np.asarray(v) for k, v in out.metrics.items()}
             parts.append((metrics, np.asarray(out.rounds[0])))
