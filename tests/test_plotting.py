@@ -47,3 +47,16 @@ def test_a_request_wider_than_the_column_is_cut_to_it_keeping_its_height():
     fig, _ = plotting.figure(ncols=2, width=14, height=4)
     plt.close(fig)
     assert fig.get_size_inches() == pytest.approx((plotting.COLUMN_INCHES, 4.0))
+
+
+def test_log_axes_label_a_y_axis_that_spans_less_than_a_decade():
+    fig, ax = plotting.figure()
+    x = [64, 256, 1024]
+    ax.plot(x, [0.05, 0.035, 0.02])
+    plotting.log_axes(ax, x)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()
+             if t.get_text() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    assert len(shown) >= 2, shown
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "256", "1024"]
+    assert not ax.xaxis.get_minorticklocs().size
