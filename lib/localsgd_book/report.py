@@ -301,7 +301,8 @@ ORIGIN_LABEL = {
 def tolerance_table(tolerances) -> str:
     """The Markdown table of a chapter's tolerances (``{name: localsgd.claims.Tolerance}``, in
     order): what each bounds (its name, with spaces for underscores), its value, where it comes
-    from (:data:`ORIGIN_LABEL`) and its source. For a notebook's verdict section:
+    from (:data:`ORIGIN_LABEL`) and its source (Markdown with MyST math; a pipe is escaped for
+    the table, so write norms as ``\\Vert``). For a notebook's verdict section:
     ``display(Markdown(report.tolerance_table(claims.TOLERANCES)))``."""
     from localsgd.claims import Tolerance
 
@@ -311,8 +312,9 @@ def tolerance_table(tolerances) -> str:
             raise ValueError(f"tolerances[{name!r}] must be a Tolerance, got {tol!r}")
         vals = tol.value if isinstance(tol.value, tuple) else (tol.value,)
         shown = ", ".join(_fmt(v) for v in vals)
+        source = tol.source.replace("|", "\\|")  # a bare pipe would end the table's cell
         rows.append(f"| {name.replace('_', ' ')} | {f'[{shown}]' if len(vals) > 1 else shown} | "
-                    f"{ORIGIN_LABEL[tol.origin]} | {tol.source.replace('|', '/')} |")
+                    f"{ORIGIN_LABEL[tol.origin]} | {source} |")
     if not rows:
         raise ValueError("tolerances must hold at least one Tolerance")
     return "\n".join(["| tolerance | value | origin | source |", "|:---|---:|:---|:---|", *rows])
