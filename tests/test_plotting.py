@@ -58,5 +58,6 @@ def test_log_axes_label_a_y_axis_that_spans_less_than_a_decade():
     shown = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()
              if t.get_text() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
     assert len(shown) >= 2, shown
+    assert "0.03" in shown and not any("times" in t for t in shown), shown
     assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "256", "1024"]
     assert not ax.xaxis.get_minorticklocs().size
