@@ -17,6 +17,26 @@ def tmp_results(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in a temporary folder for the tests of one module, so
+    that a program is compiled once per module, not once per test. A cached program is looked up
+    by its own text, so a program traced from a patched engine (a negative control's wrong run)
+    can serve only the identical program; :func:`patched_engine_results` still clears the
+    in-memory caches around every test. The settings before the module are restored after it."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
 @pytest.fixture
 def patched_engine_results(tmp_results):
     """Results in a temporary folder, and no compiled program reused across a test's boundary:

@@ -242,7 +242,7 @@ def test_digits_run_records_the_test_outputs_its_test_metrics_are_computed_from(
     _, test, _ = ex.load_data(exp)
     out = res.metrics["test_outputs"]
     assert out.shape == (2, exp.run_config().evaluations, test.x.shape[0], 10)
-    # at the last recorded round the outputs are the final model's, whose test metrics the run reports
+    # the last recorded outputs are the final model's, whose test metrics the run reports
     np.testing.assert_allclose(
         np.mean(np.argmax(out[:, -1], -1) == test.labels, -1), res.test["accuracy"])
     np.testing.assert_allclose(

@@ -1,6 +1,9 @@
 """Negative controls for chapter 02: the checks of `localsgd.claims.gradient_dominance` hold on a
 small correct run and fail on deliberately wrong ones (duplicated inputs, a wrong initialisation
-variance, a step above the critical one)."""
+variance, a step above the critical one), and the checks of its training runs (the ratio along
+training and the runs against their kernel models over a width axis) come out "does not hold",
+without crashing, on runs that silently do something else than they report (``WRONG_RUNS`` of
+tests/conftest.py: half the step, one local step, no averaging, a quarter of the width)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 from localsgd import data, diagnostics, engine, experiments, model, theory
 from localsgd.claims import all_hold
 from localsgd.claims import gradient_dominance as gd
+from localsgd.claims import kernel_model as km
 
 N, D, L, M = 16, 16, 2, 512
 DELTAS = [0.05, 0.1, 0.2, 0.4]
@@ -49,7 +53,7 @@ def test_kernel_scaling_holds_on_a_correct_run():
 def test_negative_control_02_gradient_dominance_duplicated_inputs():
     checks = _sweep(duplicate=True)
     assert not all_hold(checks)
-    assert any("λ_min(G_∞) in δ" in name for name in _failing(checks))
+    assert any(r"\(\lambda_{\min}(G_\infty)\) in \(\delta\)" in name for name in _failing(checks))
 
 
 def test_negative_control_02_gradient_dominance_wrong_init_variance(monkeypatch):
@@ -62,7 +66,7 @@ def test_negative_control_02_gradient_dominance_wrong_init_variance(monkeypatch)
     monkeypatch.setattr(model, "init", wide_variance)
     checks = _sweep()
     assert not all_hold(checks)
-    assert any("÷ λ_min(G_∞)" in name for name in _failing(checks))
+    assert any(r"\(\div\) \(\lambda_{\min}(G_\infty)\)" in name for name in _failing(checks))
 
 
 @pytest.mark.parametrize("bad", [0.0, float("nan")])
@@ -70,7 +74,9 @@ def test_ratio_along_training_fails_when_the_ratio_collapses(bad):
     widths = [64, 128, 256]
     lam = np.array([[0.1 * m for m in widths]] * 2)
     med = 2 * lam / 32
-    checks = gd.ratio_along_training(widths, med * bad, med, med, lam, 3 * lam, 32)
+    healthy = gd.Training(widths, {}, med, med, med, lam, 3 * lam, 0)
+    assert all_hold(gd.ratio_along_training(healthy, 32))
+    checks = gd.ratio_along_training(healthy._replace(low=med * bad), 32)
     assert not all_hold(checks)
 
 
@@ -127,3 +133,50 @@ def test_gram_infinity_deep_refuses_bad_input():
         theory.gram_infinity_deep(np.eye(3), 0)
     with pytest.raises(ValueError, match="x must"):
         theory.gram_infinity_deep(np.ones(3), 1)
+
+
+# the chapter's training runs at small sizes, built and checked by the notebook's own functions
+TRAIN_WIDTHS = (64, 256, 1024)
+TRAIN = dict(n=16, d=16, num_clients=2, L=1, tau=2, eta=0.5, rounds=30, eval_every=2, seeds=2)
+
+
+def _training_checks():
+    results = dict(zip(TRAIN_WIDTHS, experiments.run_grid(
+        [gd.ratio_run(m, **TRAIN) for m in TRAIN_WIDTHS], desc="Local GD")))
+    stats = gd.training_statistics(results)
+    return gd.training_checks(stats, km.width_axis(results, km.predictions(results)), TRAIN["n"])
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_training_checks_hold_on_correct_runs(patched_engine_results):
+    checks = _training_checks()
+    assert all_hold(checks), _failing(checks)
+
+
+def _wrong_training(silently_wrong, kind):
+    applied = silently_wrong(kind)
+    checks = _training_checks()
+    assert all(applied)
+    assert not all_hold(checks)
+    failing = _failing(checks)
+    assert any(r"\(\sqrt{m}\,D\)" in name for name in failing), failing
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_negative_control_02_half_step(silently_wrong):
+    _wrong_training(silently_wrong, "half_step")
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_negative_control_02_one_local_step(silently_wrong):
+    _wrong_training(silently_wrong, "one_local_step")
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_negative_control_02_no_averaging(silently_wrong):
+    _wrong_training(silently_wrong, "no_averaging")
+
+
+@pytest.mark.usefixtures("compile_cache")
+def test_negative_control_02_quarter_width(silently_wrong):
+    _wrong_training(silently_wrong, "quarter_width")

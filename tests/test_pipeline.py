@@ -494,3 +494,19 @@ def test_prune_mathjax_keeps_what_the_pages_load(tmp_path: Path) -> None:
         keep)
     assert not (mj / "sre").exists()
     assert sitefiles.prune_mathjax(tmp_path / "nothing") == 0
+
+
+def test_tolerance_table_has_one_row_per_tolerance_with_its_origin():
+    from localsgd.claims import Tolerance
+
+    table = report.tolerance_table({
+        "sqrt_m_distance": Tolerance(1.5, "ci-fit", "largest on ci times 1.5"),
+        "band": Tolerance((0.8, 1.25), "prior", "a quarter either way | no more"),
+    })
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert "| sqrt m distance | 1.5 | fitted on the ci profile's runs |" in lines[2]
+    assert "[0.8, 1.25]" in lines[3] and "fixed before any run" in lines[3]
+    assert lines[3].endswith("either way \\| no more |")
+    with pytest.raises(ValueError, match="must be a Tolerance"):
+        report.tolerance_table({"x": 1.0})

@@ -123,3 +123,17 @@ def test_the_figure_report_holds_what_the_tests_check():
     assert report["overlaps"] == [] and report["unlabelled"] == []
     assert report["smallest_text_px"] >= plotting.MIN_TEXT_PX
     assert report["column_px"] == plotting.COLUMN_PX
+
+
+def test_log_axes_label_a_y_axis_that_spans_less_than_a_decade():
+    fig, ax = plotting.figure()
+    x = [64, 256, 1024]
+    ax.plot(x, [0.05, 0.035, 0.02])
+    plotting.log_axes(ax, x)
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()
+             if t.get_text() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    assert len(shown) >= 2, shown
+    assert "0.03" in shown and not any("times" in t for t in shown), shown
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64", "256", "1024"]
+    assert not ax.xaxis.get_minorticklocs().size

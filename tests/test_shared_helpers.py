@@ -115,3 +115,29 @@ def test_tables_glue_and_verdict_boxes_write_numbers_with_the_one_helper(monkeyp
     check = Check.at_most("rounds to \\(\\varepsilon\\)", float("inf"), 100)
     box = report._verdict_html(record, [check], "verdicts/x.json")
     assert ">not reached<" in box and "mathjax_process" in box
+
+
+def _bootstrap_one_at_a_time(x, values, bootstrap, level=0.95, seed=0):
+    """The bootstrap of analysis.bootstrap_loglog written out one resample at a time."""
+    X = np.repeat(np.asarray(x, float)[:, None], values.shape[1], axis=1)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(bootstrap):
+        sample = np.take_along_axis(values, rng.integers(0, values.shape[1], values.shape), 1)
+        ok = np.isfinite(sample) & (sample > 0)
+        if ok.sum() >= 3 and np.unique(X[ok]).size > 1:
+            boot.append(analysis.fit(X[ok], sample[ok], log="xy").slope)
+    return tuple(np.percentile(boot, [50 * (1 - level), 50 * (1 + level)]))
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, 0.0])
+def test_bootstrap_loglog_equals_refitting_one_resample_at_a_time(bad):
+    rng = np.random.default_rng(1)
+    x = np.array([32.0, 64.0, 128.0, 256.0, 512.0])
+    values = x[:, None] ** -0.5 * np.exp(rng.normal(0.0, 0.3, (5, 3)))
+    if bad is not None:
+        values[1, 0] = values[3, 2] = bad  # left out of every fit
+    p, lo, hi = analysis.bootstrap_loglog(x, values, bootstrap=300, seed=4)
+    assert p == pytest.approx(analysis.fit(np.repeat(x, 3), values.ravel(), log="xy").slope)
+    assert (lo, hi) == pytest.approx(_bootstrap_one_at_a_time(x, values, 300, seed=4), rel=1e-9)
+    assert lo < p < hi

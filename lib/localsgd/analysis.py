@@ -294,14 +294,24 @@ def bootstrap_loglog(x, values, bootstrap: int = 1000, level: float = 0.95, seed
     X = np.repeat(x[:, None], values.shape[1], axis=1)
     p = fit(X, values, log="xy").slope
     rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(bootstrap):
-        idx = rng.integers(0, values.shape[1], size=values.shape)
-        sample = np.take_along_axis(values, idx, axis=1)
-        ok = np.isfinite(sample) & (sample > 0)
-        if ok.sum() >= 3 and np.unique(X[ok]).size > 1:
-            boot.append(fit(X[ok], sample[ok], log="xy").slope)
-    if not boot:
+    # every resample at once, (bootstrap, P, S); one draw of them all is the same stream of
+    # integers as one draw per resample
+    idx = rng.integers(0, values.shape[1], size=(bootstrap,) + values.shape)
+    sample = np.take_along_axis(np.broadcast_to(values, idx.shape), idx, axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lx = np.broadcast_to(np.log(X), idx.shape)
+        ok = np.isfinite(sample) & (sample > 0) & np.isfinite(lx)
+        ly = np.where(ok, np.log(np.where(ok, sample, 1.0)), 0.0)
+    w = ok.astype(float)
+    count = w.sum(axis=(1, 2))
+    # a line needs 3 points at 2 or more settings; its least-squares slope, as linregress's
+    usable = (count >= 3) & (ok.any(axis=2).sum(axis=1) >= 2)
+    count = np.maximum(count, 1.0)
+    dx = np.where(ok, lx - ((w * lx).sum(axis=(1, 2)) / count)[:, None, None], 0.0)
+    dy = np.where(ok, ly - ((w * ly).sum(axis=(1, 2)) / count)[:, None, None], 0.0)
+    sxx = (dx * dx).sum(axis=(1, 2))
+    boot = (dx * dy).sum(axis=(1, 2))[usable] / sxx[usable]
+    if not boot.size:
         return p, np.nan, np.nan
     lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
     return p, float(lo), float(hi)

@@ -407,9 +407,10 @@ def _run_rounds(exp, cfg, spec, params0, clients, keys, etas, probe=None):
     ckpt = store.checkpoint_path(exp)
     state, parts, done = None, [], 0
     if exp.checkpoint_every:
-        saved = store.load_checkpoint(
-            ckpt, exp, etas, lambda: en.sweep(chunk, spec, params0, clients, keys, etas, probe=probe).state
-        )
+        def initial_state():
+            return en.sweep(chunk, spec, params0, clients, keys, etas, probe=probe).state
+
+        saved = store.load_checkpoint(ckpt, exp, etas, initial_state)
         if saved is not None:
             state, metrics, rounds, done = saved
             parts.append((metrics, rounds))

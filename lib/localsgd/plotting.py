@@ -306,16 +306,27 @@ def label(ax, xlabel: str, ylabel: str, title: str | None = None, legend: bool =
         ax.legend()
 
 
+class _PlainMinorLabels(mpl.ticker.LogFormatterSciNotation):
+    """Labels a log axis's minor ticks where Matplotlib would (an axis spanning less than a
+    decade), as plain numbers (0.02, 15) rather than ``2 x 10^-2``."""
+
+    def __call__(self, x, pos=None):
+        return format(x, ".3g") if super().__call__(x, pos) else ""
+
+
 def log_axes(ax, x=None, base: float = 10, logy: bool = True, ticks=None):
     """Log x axis (``base``) with a tick at every ``x`` labelled by its value (``ticks``: a
-    format such as ``".3g"``; integers by default), and a log y axis unless ``logy`` is False."""
+    format such as ``".3g"``; integers by default), and a log y axis unless ``logy`` is False.
+    The y axis keeps its minor ticks, labelled as plain numbers when the data span less than a
+    decade (else such an axis would show one label or none)."""
     ax.set_xscale("log", base=base)
     if logy:
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(_PlainMinorLabels(labelOnlyBase=False))
     if x is not None:
         x = np.asarray(x, float)
         ax.set_xticks(x, [format(v, ticks) if ticks else str(int(v)) for v in x])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
 
 
 def band_with_fit(ax, x, values, label=None, fit_label: str = "fit", **kw):

@@ -405,3 +405,32 @@ def show_divergences(results, what: str = "m = {m}") -> list:
         text = f"**{what.format_map(vars(r.config))}:** {r.divergence_message()}"
         _display({"text/markdown": text, "text/plain": text})
     return diverged
+
+
+ORIGIN_LABEL = {
+    "theory": "theory",
+    "ci-fit": "fitted on the ci profile's runs",
+    "prior": "fixed before any run",
+}
+
+
+def tolerance_table(tolerances) -> str:
+    """The Markdown table of a chapter's tolerances (``{name: localsgd.claims.Tolerance}``, in
+    order): what each bounds (its name, with spaces for underscores), its value, where it comes
+    from (:data:`ORIGIN_LABEL`) and its source (Markdown with MyST math; a pipe is escaped for
+    the table, so write norms as ``\\Vert``). For a notebook's verdict section:
+    ``display(Markdown(report.tolerance_table(claims.TOLERANCES)))``."""
+    from localsgd.claims import Tolerance
+
+    rows = []
+    for name, tol in tolerances.items():
+        if not isinstance(tol, Tolerance):
+            raise ValueError(f"tolerances[{name!r}] must be a Tolerance, got {tol!r}")
+        vals = tol.value if isinstance(tol.value, tuple) else (tol.value,)
+        shown = ", ".join(format_number(v) for v in vals)
+        source = tol.source.replace("|", "\\|")  # a bare pipe would end the table's cell
+        rows.append(f"| {name.replace('_', ' ')} | {f'[{shown}]' if len(vals) > 1 else shown} | "
+                    f"{ORIGIN_LABEL[tol.origin]} | {source} |")
+    if not rows:
+        raise ValueError("tolerances must hold at least one Tolerance")
+    return "\n".join(["| tolerance | value | origin | source |", "|:---|---:|:---|:---|", *rows])

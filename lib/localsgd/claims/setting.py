@@ -21,12 +21,45 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .. import analysis
-from . import Check
+from . import Check, Tolerance
 
-__all__ = ["deviations", "forward_deviation_bound", "forward_stability", "kernel_positivity",
-           "separation"]
+__all__ = ["FLOAT32_EPS", "TOLERANCES", "deviations", "forward_deviation_bound",
+           "forward_stability", "kernel_positivity", "separation"]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+_FIRST = "set with the chapter's first version and not moved since"
+
+TOLERANCES = {
+    "separation": Tolerance(
+        1e-5, "prior",
+        r"largest $\lvert$measured $-$ constructed $\delta\rvert$: the inputs are stored in "
+        r"float32 (relative precision $1.2 \times 10^{-7}$), so distances of order 1 agree to "
+        rf"about $10^{{-7}}$; a hundredfold margin; {_FIRST}"),
+    "forward_slack": Tolerance(
+        1.0, "theory",
+        r"the worst $\lvert \Vert h_{i,l}\Vert - 1\rvert$ over a draw, in units of the computed "
+        r"$\varepsilon(m)$: a Gaussian union bound over the $n(L+1)$ norms of one draw, so an "
+        r"upper bound, with no allowance"),
+    "forward_exponent": Tolerance(
+        (-0.75, -0.25), "prior",
+        r"exponent in $m$ of that worst deviation: ALS19's forward-stability lemma gives $-1/2$ "
+        rf"(deviations of order $\sqrt{{L \log(nL)/m}}$), within a quarter; {_FIRST}"),
+    "layer_mean_std_errors": Tolerance(
+        4.0, "prior",
+        r"how many predicted standard errors $\sqrt{5(l+1)/(mS)}$ each layer's mean of "
+        r"$\Vert h_{i,l}\Vert^2$ may miss its expectation 1 by (a two-sided Gaussian tail of "
+        rf"$6 \times 10^{{-5}}$ per layer); {_FIRST}"),
+    "conditioning": Tolerance(
+        100 * FLOAT32_EPS, "prior",
+        r"smallest $\lambda_{\min}(G_0)/\lambda_{\max}(G_0)$ that tells a positive definite "
+        r"Gram matrix from the float32 eigen-solver's round-off (100 machine epsilons, "
+        rf"$\approx 1.2 \times 10^{{-5}}$); {_FIRST}"),
+    "monotone": Tolerance(
+        0.99, "prior",
+        r"Spearman correlation of the median $\lambda_{\min}(G_0)$ with $\delta$ (and minus "
+        r"that with $n$): above 0.99 means strictly monotone over the sweep, the direction of "
+        rf"ALS19's $\delta/n^2$; {_FIRST}"),
+}
 
 
 def forward_deviation_bound(m, n: int, L: int):
@@ -44,17 +77,12 @@ def deviations(norms):
     return np.abs(norms - 1).max(axis=(2, 3)).T, np.abs(norms.mean(axis=3) - 1).max(axis=2).T
 
 
-def forward_stability(
-    widths, norms, *, slack: float = 1.0, slope_band=(-0.75, -0.25), se_count: float = 4.0
-) -> list[Check]:
-    """Forward norms at ALS19's initialisation against the predicted concentration.
+def forward_stability(widths, norms) -> list[Check]:
+    """Forward norms at ALS19's initialisation against the predicted concentration, within
+    :data:`TOLERANCES` (``forward_slack``, ``forward_exponent``, ``layer_mean_std_errors``).
 
     Args:
       widths: ``(W,)``; norms: ``(W, S, L + 1, n)`` the norms ``||h_il||`` of ``S`` draws per width.
-      slack: allowance on :func:`forward_deviation_bound` (a tolerance: the bound is a union of
-        Gaussian tails, the norms are only nearly Gaussian).
-      slope_band: allowed exponent of the worst deviation in ``m`` (theory: ``-1/2``).
-      se_count: how many predicted standard errors the layer means may miss 1 by.
     """
     widths = np.asarray(widths, float)
     norms = np.asarray(norms, float)
@@ -65,21 +93,30 @@ def forward_stability(
     fit = analysis.fit(widths, worst, log="xy")
     sq_mean = (norms[-1] ** 2).mean(axis=(0, 2))  # (layers,) E ||h_l||^2 at the widest width
     se = np.sqrt(5.0 * np.arange(1, layers + 1) / (widths[-1] * S))
+    slack, band, se_count = (TOLERANCES[k] for k in ("forward_slack", "forward_exponent",
+                                                     "layer_mean_std_errors"))
+    dev = r"\(\max_{i,l} |\|h_{i,l}\| - 1|\)"
     return [
-        Check.at_most("max over m of the worst |‖h_il‖ − 1| ÷ its predicted ε(m)", excess, slack,
-                      basis="computed"),
-        Check.between("exponent of the worst deviation in m (theory −1/2)", fit.slope,
-                      *slope_band, basis="theory"),
-        Check.at_most(f"max over l of |mean ‖h_l‖² − 1| ÷ its std error, m = {int(widths[-1])}",
-                      float(np.max(np.abs(sq_mean - 1) / se)), se_count, basis="computed"),
+        Check.at_most(rf"largest over \(m\) of {dev} \(\div\) its computed "
+                      r"\(\varepsilon(m)\) (median over draws)", excess, slack.value, fmt=".3g",
+                      basis=slack.basis),
+        Check.between(rf"exponent in \(m\) of {dev} (ALS19: \(-1/2\))", fit.slope,
+                      *band.value, fmt=".3g", basis=band.basis),
+        Check.at_most(r"largest over \(l\) of \(|\overline{\|h_l\|^2} - 1|\) in predicted "
+                      rf"standard errors at \(m = {int(widths[-1])}\)",
+                      float(np.max(np.abs(sq_mean - 1) / se)), se_count.value, fmt=".3g",
+                      basis=se_count.basis),
     ]
 
 
-def separation(constructed, measured, *, tol: float = 1e-5) -> list[Check]:
+def separation(constructed, measured) -> list[Check]:
     """The separation ``data.separation`` measures against the one ``data.sphere`` constructs,
-    ``(P,)`` each, to float32 storage precision ``tol``."""
+    ``(P,)`` each, to float32 storage precision (``TOLERANCES["separation"]``)."""
     err = float(np.max(np.abs(np.asarray(measured, float) - np.asarray(constructed, float))))
-    return [Check.at_most("max |measured δ − constructed δ| (sphere)", err, tol)]
+    tol = TOLERANCES["separation"]
+    return [Check.at_most(r"largest \(|\delta_{\mathrm{measured}} - "
+                          r"\delta_{\mathrm{constructed}}|\) (sphere)", err, tol.value,
+                          fmt=".1e", basis=tol.basis)]
 
 
 def kernel_positivity(lam_min, lam_max, deltas, lam_by_delta, ns, lam_by_n) -> list[Check]:
@@ -94,11 +131,15 @@ def kernel_positivity(lam_min, lam_max, deltas, lam_by_delta, ns, lam_by_n) -> l
     cond = float(np.min(np.asarray(lam_min, float) / np.asarray(lam_max, float)))
     rho_d = float(spearmanr(deltas, lam_by_delta).statistic)
     rho_n = float(spearmanr(ns, lam_by_n).statistic)
+    cond_tol, mono = TOLERANCES["conditioning"], TOLERANCES["monotone"]
     return [
-        Check.at_least("min λ_min(G₀) / λ_max(G₀) (float32 round-off of the solver: 100 ε)",
-                       cond, 100 * FLOAT32_EPS, fmt=".2e", basis="computed"),
-        Check.at_least("Spearman(δ, median λ_min): grows with δ (ALS19's δ)", rho_d, 0.99,
-                       basis="theory"),
-        Check.at_most("Spearman(n, median λ_min): falls with n (ALS19's 1/n²)", rho_n, -0.99,
-                      basis="theory"),
+        Check.at_least(r"smallest \(\lambda_{\min}(G_0) / \lambda_{\max}(G_0)\) (float32 "
+                       r"round-off of the solver: \(100\,\epsilon\))", cond, cond_tol.value,
+                       fmt=".2e", basis=cond_tol.basis),
+        Check.at_least(r"Spearman correlation of \(\delta\) and the median "
+                       r"\(\lambda_{\min}(G_0)\): grows with \(\delta\) (ALS19's "
+                       r"\(\delta\))", rho_d, mono.value, fmt=".3g", basis=mono.basis),
+        Check.at_most(r"Spearman correlation of \(n\) and the median \(\lambda_{\min}(G_0)\): "
+                      r"falls with \(n\) (ALS19's \(1/n^2\))", rho_n, -mono.value, fmt=".3g",
+                      basis=mono.basis),
     ]
