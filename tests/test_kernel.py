@@ -276,6 +276,15 @@ def test_a_kernel_model_of_another_run_is_far(wide_run, wrong):
     assert D_wrong > 3 * D_right, (D_right, D_wrong)
 
 
+def test_distance_between_two_kernel_models(wide_run):
+    _, pred = wide_run
+    other = kernel.predict(tiny(batch_size=1))
+    assert kernel.distance(pred, pred)[0] == 0
+    # one initialisation, so one scale: the distance is symmetric
+    np.testing.assert_allclose(kernel.distance(other, pred), kernel.distance(pred, other))
+    assert kernel.distance(other, pred)[0] > 0.05
+
+
 def test_predict_with_the_infinite_kernel_is_close_at_large_width(wide_run):
     res, pred = wide_run
     inf = kernel.predict(res.config, kind="infinite")

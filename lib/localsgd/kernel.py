@@ -419,8 +419,13 @@ def distance(result, pred: Prediction, eps: float | None = None) -> np.ndarray:
     """``D`` per seed: ``max_t ||u_t - u_t^kernel|| / ||u_0^kernel - y||`` over the recorded
     rounds ``t`` (round 0 included) up to the kernel model's first record at or below a training
     loss ``eps`` (every recorded round when ``eps`` is None or never reached), on the training
-    points. ``(S,)``; it is 0 for a network that is exactly its kernel model."""
-    u = network_outputs(result)
+    points. ``(S,)``; it is 0 for a network that is exactly its kernel model. ``result``: a run
+    (:func:`network_outputs`) or another :class:`Prediction` with the same seeds and records
+    (how far apart two kernel models are, on the scale of ``pred``'s)."""
+    if isinstance(result, Prediction):
+        u = np.asarray(result.outputs, np.float64)[:, :, : result.n_train]
+    else:
+        u = network_outputs(result)
     N = pred.n_train
     if u.shape[:2] != pred.outputs.shape[:2]:
         raise ValueError(f"result records {u.shape[:2]} (seeds, rounds), the prediction "
