@@ -298,14 +298,14 @@ def checks(axis: km.WidthAxis, sweeps: dict, limits: dict, eps) -> list[Check]:
     out.append(Check.at_most(
         r"sweeps: largest \(\eta\,\lambda_{\max}(D_B^{1/2} G_{BB} D_B^{1/2})\) of a local update",
         worst, crit.value, fmt=".3g", basis=crit.basis))
-    total = sum(s.measured[..., 0].size for s in sw)
-    reached = sum(int(np.all(np.isfinite(s.measured), axis=-1).sum()) for s in sw)
+    runs = list({id(p): p for s in sw for p in s.runs}.values())  # the sweeps share their base
+    total = sum(p.measured.shape[0] for p in runs)
+    reached = sum(int(np.all(np.isfinite(p.measured), axis=-1).sum()) for p in runs)
     out.append(Check(
         rf"sweeps: runs that reached every \(\varepsilon\) within "
         rf"{TOLERANCES['horizon'].value:g} times their kernel model's iterations",
         f"all {total}", reached, reached == total, basis="computed"))
-    r2_log, r2_inv = (np.concatenate(a) for a in zip(*(
-        linear_in_log(s.measured.reshape(-1, len(eps)), eps) for s in sw)))
+    r2_log, r2_inv = linear_in_log(np.concatenate([p.measured for p in runs]), eps)
     better = int(np.sum(r2_log > r2_inv))
     out.append(Check(
         r"sweeps: runs whose iterations are closer to a line in \(\log(1/\varepsilon)\) than "
