@@ -1,6 +1,9 @@
-"""Negative controls for chapter 08: the verdict of ``claims.width_threshold`` holds for a small
-correct phase diagram and fails when the width does not reach the network (every run trained at
-one width, whatever its cell says)."""
+"""Negative controls for chapter 08: the chapter's verdict (``claims.width_threshold.checks``) on a
+small phase diagram over width and ``1/delta``, built by the same functions as the notebook,
+holds for correct runs and fails, without crashing, when every run silently takes a wrong step,
+one local step instead of ``tau``, no server averaging or a quarter of the width, or trains at one
+width whatever its cell says, while reporting the requested configuration. (The chapter runs
+Local GD, full-batch: a wrong batch size does not apply.)"""
 
 from __future__ import annotations
 
@@ -12,45 +15,58 @@ from localsgd import model
 from localsgd.claims import all_hold
 from localsgd.claims import width_threshold as wt
 
-WIDTHS = [16, 32, 64, 128]
-DELTAS = [0.6, 0.15]
-SEEDS = 8
-LIMITS = dict(eps=0.05, max_movement=0.3, max_flips=0.15)
+WIDTHS = [8, 32, 128]
+DELTAS = [0.6, 0.3]
+EPS = 0.05
 
 
-def _diagram():
-    """Success over ``WIDTHS`` x ``DELTAS`` (n = 16) and the chapter's checks on it."""
+def _verdict():
     base = ex.Experiment(
         dataset="sphere", n=16, d=32, num_clients=4, arch="deep", L=1, algorithm="local_gd",
-        tau=2, eta=1.5, eta_rule="ntk", seeds=SEEDS, rounds=600, eval_every=10,
-        metrics=("loss", "dist", "flips"),
+        tau=2, eta=0.5, eta_rule="ntk", seeds=6, rounds=600, eval_every=10,
+        metrics=("loss", "dist", "flips", "outputs"),
     )
-    res = ex.run_grid([base.replace(delta=v, m=m) for v in DELTAS for m in WIDTHS], cache=False)
-    shape = (len(DELTAS), len(WIDTHS), SEEDS, -1)
-    loss, mv, fl = (np.stack([r.metrics[k] for r in res]).reshape(shape)
-                    for k in ("loss", "dist_rel", "flips"))
-    ok = wt.success(loss, mv, fl, **LIMITS)
-    k = ok.sum(-1)
-    growth = wt.threshold_growth(1 / np.array(DELTAS), WIDTHS, k, np.full_like(k, SEEDS),
-                                 bootstrap=100)
-    return wt.checks({"1/δ": growth}, {"1/δ": ok.mean(-1)}, narrow_max=0.25, wide_min=0.75)
+    diagrams = {"1/δ": wt.diagram(base, 1 / np.array(DELTAS), [dict(delta=v) for v in DELTAS],
+                                  WIDTHS, EPS)}
+    growth = {name: wt.growths(dg, bootstrap=100) for name, dg in diagrams.items()}
+    distance = {name: wt.distance_growth(dg, bootstrap=100) for name, dg in diagrams.items()}
+    return wt.checks(diagrams, growth, distance, wt.width_axis(diagrams["1/δ"], 0, bootstrap=100))
 
 
-pytestmark = pytest.mark.usefixtures("tmp_results")
+def _fails(wrong, kind):
+    applied = wrong(kind)
+    checks = _verdict()
+    assert applied and all(applied), f"{kind} did not apply to every run"
+    assert not all_hold(checks), [c for c in checks if c.holds]
 
 
-def test_08_width_threshold_correct_diagram_holds():
-    checks = _diagram()
+def test_08_width_threshold_correct_diagram_holds(tmp_results):
+    checks = _verdict()
     assert all_hold(checks), [c for c in checks if not c.holds]
 
 
-def test_negative_control_08_width_threshold_width_does_not_matter(monkeypatch):
+def test_negative_control_08_half_step(silently_wrong):
+    _fails(silently_wrong, "half_step")
+
+
+def test_negative_control_08_one_local_step(silently_wrong):
+    _fails(silently_wrong, "one_local_step")
+
+
+def test_negative_control_08_no_averaging(silently_wrong):
+    _fails(silently_wrong, "no_averaging")
+
+
+def test_negative_control_08_quarter_width(silently_wrong):
+    _fails(silently_wrong, "quarter_width")
+
+
+@pytest.mark.usefixtures("patched_engine_results")
+def test_negative_control_08_width_does_not_matter(monkeypatch):
     def one_width(self, d=None, d_out=None):
         return model.NetSpec(self.arch, d or self.d, 64, self.L, d_out or self.d_out,
                              self.activation)
 
     monkeypatch.setattr(ex.Experiment, "net_spec", one_width)
-    checks = _diagram()
+    checks = _verdict()
     assert not all_hold(checks)
-    failing = {c.name for c in checks if not c.holds}
-    assert any("success rises with m" in name for name in failing), failing
