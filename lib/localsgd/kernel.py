@@ -348,16 +348,27 @@ def _grams(exp, spec, params0, x_rows, x_train, kind):
                 for s in range(exp.seeds)], u0
 
 
-def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
-    """The kernel model of every seed of ``exp``, rebuilt from the configuration alone: the
-    data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
+class SeedProblem(NamedTuple):
+    """One seed of an experiment as the recursion sees it: ``problem`` (:class:`Problem`), the
+    step size ``eta`` (a float) and, for a stochastic algorithm, the minibatch rows the engine
+    draws, ``batches: (rounds, tau, K, b)`` (else None)."""
+
+    problem: Problem
+    eta: float
+    batches: np.ndarray | None
+
+
+def problems(exp: experiments.Experiment, kind: str = "empirical",
+             probe=None) -> list[SeedProblem]:
+    """Every seed of ``exp`` as a :class:`SeedProblem`, rebuilt from the configuration alone:
+    the data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
     step size (:func:`localsgd.experiments.init_params`,
     :func:`localsgd.experiments.step_sizes`), and for a stochastic algorithm the minibatches
     drawn from each seed's key (:func:`localsgd.engine.minibatch_indices`). ``kind``:
-    ``"empirical"`` (the NTK of each seed's initialisation, every output pair) or
-    ``"infinite"`` (its infinite-width limit, times ``m`` for the deep net). ``probe: (P, d)``:
-    more points whose predicted outputs are wanted (for example a test set), after the training
-    points in ``Prediction.outputs``. See :class:`Prediction`."""
+    ``"empirical"`` (the NTK of each seed's initialisation, every output pair: ``cols`` of shape
+    ``(N, d_out, M, d_out)``) or ``"infinite"`` (its infinite-width limit, times ``m`` for the
+    deep net). ``probe: (P, d)``: more prediction points after the ``N`` training points. A list
+    of ``exp.seeds`` entries."""
     if not isinstance(exp, experiments.Experiment):
         raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
     if kind not in KINDS:
@@ -379,18 +390,29 @@ def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) ->
     etas = experiments.step_sizes(exp, spec, params0, clients)
     grams, u0 = _grams(exp, spec, params0, x_rows, x_train, kind)
     stochastic = algs.get(exp.algorithm).stochastic
-    outs, sharp = [], []
+    out = []
     for s in range(exp.seeds):
-        prob = problem(grams[s], u0[s], y, mask)
         batches = None
         if stochastic:
             batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
                                                           cfg.batch_size, cfg.rounds))
-        outs.append(trajectory(cfg, prob, float(etas[s]), batches))
-        sharp.append(sharpness(cfg, prob, batches))
-    outputs = np.stack(outs)
+        out.append(SeedProblem(problem(grams[s], u0[s], y, mask), float(etas[s]), batches))
+    return out
+
+
+def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
+    """The kernel model of every seed of ``exp``, rebuilt from the configuration alone
+    (:func:`problems`, whose ``kind`` and ``probe`` it takes): ``Prediction.outputs`` holds the
+    predicted outputs at the training points, then at the ``probe`` points. See
+    :class:`Prediction`."""
+    seeds = problems(exp, kind, probe)
+    cfg = exp.run_config()
+    outputs = np.stack([trajectory(cfg, p.problem, p.eta, p.batches) for p in seeds])
+    sharp = np.array([sharpness(cfg, p.problem, p.batches) for p in seeds])
+    y = np.asarray(seeds[0].problem.y)
     return Prediction(exp, kind, np.arange(0, exp.rounds + 1, exp.eval_every), outputs,
-                      loss(outputs, y), np.asarray(etas, np.float64), np.array(sharp), u0, y)
+                      loss(outputs, y), np.array([p.eta for p in seeds], np.float64), sharp,
+                      np.stack([np.asarray(p.problem.u0) for p in seeds]), y)
 
 
 # -- the network against its kernel model ------------------------------------------------------
