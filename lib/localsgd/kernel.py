@@ -400,12 +400,14 @@ def problems(exp: experiments.Experiment, kind: str = "empirical",
     return out
 
 
-def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
+def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None,
+            seeds: list[SeedProblem] | None = None) -> Prediction:
     """The kernel model of every seed of ``exp``, rebuilt from the configuration alone
     (:func:`problems`, whose ``kind`` and ``probe`` it takes): ``Prediction.outputs`` holds the
-    predicted outputs at the training points, then at the ``probe`` points. See
-    :class:`Prediction`."""
-    seeds = problems(exp, kind, probe)
+    predicted outputs at the training points, then at the ``probe`` points. ``seeds``: the
+    result of ``problems(exp, kind, probe)`` when the caller already has it (to use the same
+    kernels for more than the prediction). See :class:`Prediction`."""
+    seeds = problems(exp, kind, probe) if seeds is None else seeds
     cfg = exp.run_config()
     outputs = np.stack([trajectory(cfg, p.problem, p.eta, p.batches) for p in seeds])
     sharp = np.array([sharpness(cfg, p.problem, p.batches) for p in seeds])
