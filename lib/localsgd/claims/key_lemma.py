@@ -151,21 +151,13 @@ def client_gaps(prob: kernel.Problem, avg, local) -> np.ndarray:
 
 def kernel_gap(exp) -> KernelGap:
     """The kernel model of ``exp`` (rebuilt from the configuration,
-    :func:`localsgd.kernel.problems`) with the relative gap it predicts (:func:`client_gaps`).
-    One recursion per seed gives both the averaged outputs (the prediction ``D`` is measured
-    against) and the clients'."""
+    :func:`localsgd.kernel.predict`) with the relative gap it predicts (:func:`client_gaps`),
+    both on the same kernels (:func:`localsgd.kernel.problems`)."""
     cfg = exp.run_config()
     seeds = kernel.problems(exp)
-    runs = [kernel.trajectory(cfg, p.problem, p.eta, p.batches, local=True) for p in seeds]
-    outputs = np.stack([avg for avg, _ in runs])
-    y = np.asarray(seeds[0].problem.y)
-    pred = kernel.Prediction(
-        exp, "empirical", np.arange(0, exp.rounds + 1, exp.eval_every), outputs,
-        kernel.loss(outputs, y), np.array([p.eta for p in seeds]),
-        np.array([kernel.sharpness(cfg, p.problem, p.batches) for p in seeds]),
-        np.stack([np.asarray(p.problem.u0) for p in seeds]), y)
-    gaps = np.stack([client_gaps(p.problem, *run) for p, run in zip(seeds, runs)])
-    return KernelGap(pred, gaps)
+    gaps = [client_gaps(p.problem, *kernel.trajectory(cfg, p.problem, p.eta, p.batches,
+                                                      local=True)) for p in seeds]
+    return KernelGap(kernel.predict(exp, seeds=seeds), np.stack(gaps))
 
 
 class Sweep(NamedTuple):
