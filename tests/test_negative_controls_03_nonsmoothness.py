@@ -1,60 +1,75 @@
-"""Chapter 03's verdict (localsgd.claims.key_lemma) on a correct sweep of eta * tau, and on a
-sweep whose clients never average: the gap then grows with the rounds, not with eta * tau."""
+"""Chapter 03's verdict (localsgd.claims.key_lemma) on a correct sweep of eta * tau over a width
+axis, built as the notebook builds it, and on sweeps run silently wrong while reporting the
+requested configuration: half the step, one local step instead of tau, no server average, a
+quarter of the width. Each must make the verdict fail, not crash."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 
 from localsgd import experiments
-from localsgd.claims import all_hold
-from localsgd.claims.key_lemma import key_lemma, measured_gap, predicted_gap
+from localsgd.claims import all_hold, key_lemma
 
-ETA_TAU = (0.003, 0.03, 0.3)  # in units of n / lambda_max(G_0): eta_rule="ntk" with eta = c / tau
-TAU, ROUNDS = 4, 12
-
-
-def sweep(width=128):
-    return [
-        experiments.Experiment(
-            n=32, d=16, num_clients=4, m=width, L=1, algorithm="local_gd", tau=TAU, eta=c / TAU,
-            rounds=ROUNDS, eval_every=3, metrics=("gap",), seeds=1)
-        for c in ETA_TAU
-    ]
+WIDTHS = (32, 128, 512)
+ETA_TAU = (0.0025, 0.025, 0.25)  # in units of n / lambda_max(G_0)
+SETTING = dict(n=16, d=16, num_clients=4, L=1, tau=4, rounds=8, eval_every=2, seeds=2)
 
 
-def never_average(exp):
-    """The same clients and steps, but the server's average is never sent back: every client
-    runs all its rounds * tau steps from the initialisation on its own data (one long round, at
-    whose end the gap to the clients' average is recorded)."""
-    return exp.replace(tau=exp.tau * exp.rounds, rounds=1, eval_every=1)
+def _experiments():
+    return {(m, c): key_lemma.experiment(m, c, **SETTING) for m in WIDTHS for c in ETA_TAU}
 
 
-def verdict(exps):
-    results = [experiments.run(e, cache=False) for e in exps]
-    # the prediction for the run as it was meant to be (same initialisation and step)
-    meant = [dataclasses.replace(r, config=e) for r, e in zip(results, sweep())]
-    return key_lemma(ETA_TAU, [measured_gap(r) for r in results], [predicted_gap(r) for r in meant])
+def _sweep(predictions):
+    results = {key: experiments.run(e) for key, e in _experiments().items()}
+    return key_lemma.sweep(results, *predictions, bootstrap=200)
 
 
-pytestmark = pytest.mark.usefixtures("tmp_results")
+@pytest.fixture(scope="module")
+def predictions():
+    """The first-order coefficients and the kernel models of the requested runs: both come from
+    the configurations the runs report, which a wrong run does not change."""
+    exps = _experiments()
+    return ({m: key_lemma.gap_coefficients(exps[(m, ETA_TAU[0])]) for m in WIDTHS},
+            {key: key_lemma.kernel_gap(e) for key, e in exps.items()})
 
 
-def test_key_lemma_holds_for_local_gd():
-    checks = verdict(sweep())
-    print(*checks, sep="\n")
-    assert all_hold(checks), checks
+@pytest.fixture(scope="module")
+def correct(tmp_path_factory, predictions):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOCALSGD_RESULTS", str(tmp_path_factory.mktemp("results")))
+        return _sweep(predictions)
 
 
-def test_negative_control_03_nonsmoothness_no_averaging():
-    checks = verdict([never_average(e) for e in sweep()])
-    print(*checks, sep="\n")
-    assert not all_hold(checks)
-    ratio = next(c for c in checks if "predicted" in c.name)
-    assert not ratio.holds and ratio.measured > 2, ratio
+def test_key_lemma_holds_on_a_correct_sweep(correct):
+    checks = key_lemma.checks(correct)
+    assert all_hold(checks), [c.name for c in checks if not c.holds]
 
 
-def test_key_lemma_refuses_a_sweep_shorter_than_two_decades():
+def _fails(kind, wrong, predictions):
+    applied = wrong(kind)
+    checks = key_lemma.checks(_sweep(predictions))
+    assert applied and all(applied)
+    print(kind, "fails:", *(c.name for c in checks if not c.holds), sep="\n  ")
+    assert not all_hold(checks), f"{kind}: every check held"
+    return checks
+
+
+def test_negative_control_03_half_step(silently_wrong, predictions):
+    _fails("half_step", silently_wrong, predictions)
+
+
+def test_negative_control_03_one_local_step(silently_wrong, predictions):
+    _fails("one_local_step", silently_wrong, predictions)
+
+
+def test_negative_control_03_no_averaging(silently_wrong, predictions):
+    _fails("no_averaging", silently_wrong, predictions)
+
+
+def test_negative_control_03_quarter_width(silently_wrong, predictions):
+    _fails("quarter_width", silently_wrong, predictions)
+
+
+def test_key_lemma_refuses_a_sweep_shorter_than_two_decades(correct):
     with pytest.raises(ValueError, match="eta_tau"):
-        key_lemma([0.01, 0.03, 0.09], [0.001, 0.003, 0.009], [0.001, 0.003, 0.009])
+        key_lemma.checks(correct._replace(eta_tau=correct.eta_tau / [1, 3, 30]))

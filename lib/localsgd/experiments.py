@@ -293,8 +293,17 @@ def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.Client
     with en.precision(exp.run_config()):
         x_all = jnp.asarray(np.asarray(clients.x)[np.asarray(clients.mask) > 0], dtype)
         params0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), params0)
-        rule = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))
-        return np.asarray(rule(params0))
+        return np.asarray(_every_seed(theory.ntk_step_size, spec, params0, x_all, exp.eta))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _every_seed(rule, spec, params0, x, scale):
+    """``rule(spec, p, x, scale)`` (the step-size rule, :func:`localsgd.theory.ntk_step_size`)
+    of every seed's ``p``, ``(S,)``: one compiled program, where the rule run op by op compiles
+    each of its operations apart (most of the cost on small problems). The rule is a static
+    argument, so that a rule replaced at run time is compiled anew, never served from the cache
+    of another."""
+    return jax.vmap(lambda p: rule(spec, p, x, scale))(params0)
 
 
 # -- running -----------------------------------------------------------------------------------

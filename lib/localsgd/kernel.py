@@ -355,16 +355,33 @@ def _grams(spec, params0, x_rows, x_train, kind):
                                                 params0)))
 
 
-def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) -> Prediction:
-    """The kernel model of every seed of ``exp``, rebuilt from the configuration alone: the
-    data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
+class SeedProblem(NamedTuple):
+    """One seed of an experiment as the recursion sees it: ``problem`` (:class:`Problem`), the
+    step size ``eta`` (a float) and, for a stochastic algorithm, the minibatch rows the engine
+    draws, ``batches: (rounds, tau, K, b)`` (else None)."""
+
+    problem: Problem
+    eta: float
+    batches: np.ndarray | None
+
+
+def problems(exp: experiments.Experiment, kind: str = "empirical",
+             probe=None) -> list[SeedProblem]:
+    """Every seed of ``exp`` as a :class:`SeedProblem`, rebuilt from the configuration alone:
+    the data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
     step size (:func:`localsgd.experiments.init_params`,
     :func:`localsgd.experiments.step_sizes`), and for a stochastic algorithm the minibatches
     drawn from each seed's key (:func:`localsgd.engine.minibatch_indices`). ``kind``:
-    ``"empirical"`` (the NTK of each seed's initialisation, every output pair) or
-    ``"infinite"`` (its infinite-width limit, times ``m`` for the deep net). ``probe: (P, d)``:
-    more points whose predicted outputs are wanted (for example a test set), after the training
-    points in ``Prediction.outputs``. See :class:`Prediction`."""
+    ``"empirical"`` (the NTK of each seed's initialisation, every output pair: ``cols`` of shape
+    ``(N, d_out, M, d_out)``) or ``"infinite"`` (its infinite-width limit, times ``m`` for the
+    deep net). ``probe: (P, d)``: more prediction points after the ``N`` training points. A list
+    of ``exp.seeds`` entries, every seed's kernel held at once (:func:`predict` holds one at a
+    time)."""
+    return list(_seed_problems(exp, kind, probe))
+
+
+def _seed_problems(exp, kind, probe):
+    """:func:`problems` seed after seed."""
     if not isinstance(exp, experiments.Experiment):
         raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
     if kind not in KINDS:
@@ -386,19 +403,35 @@ def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None) ->
     etas = experiments.step_sizes(exp, spec, params0, clients)
     u0 = _initial_outputs(spec, params0, x_rows)
     stochastic = algs.get(exp.algorithm).stochastic
-    outs, sharp = [], []
     for s, gram in zip(range(exp.seeds), _grams(spec, params0, x_rows, x_train, kind)):
-        prob = problem(gram, u0[s], y, mask)
-        del gram
         batches = None
         if stochastic:
             batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
                                                           cfg.batch_size, cfg.rounds))
-        outs.append(trajectory(cfg, prob, float(etas[s]), batches))
-        sharp.append(sharpness(cfg, prob, batches))
-    outputs = np.stack(outs)
+        yield SeedProblem(problem(gram, u0[s], y, mask), float(etas[s]), batches)
+
+
+def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None,
+            seeds: list[SeedProblem] | None = None) -> Prediction:
+    """The kernel model of every seed of ``exp``, rebuilt from the configuration alone
+    (:func:`problems`, whose ``kind`` and ``probe`` it takes; one seed's kernel at a time):
+    ``Prediction.outputs`` holds the predicted outputs at the training points, then at the
+    ``probe`` points. ``seeds``: the result of ``problems(exp, kind, probe)`` when the caller
+    already has it (to use the same kernels for more than the prediction). See
+    :class:`Prediction`."""
+    seeds = _seed_problems(exp, kind, probe) if seeds is None else seeds
+    cfg = exp.run_config()
+    outputs, sharp, etas, u0 = [], [], [], []
+    for p in seeds:
+        outputs.append(trajectory(cfg, p.problem, p.eta, p.batches))
+        sharp.append(sharpness(cfg, p.problem, p.batches))
+        etas.append(p.eta)
+        u0.append(np.asarray(p.problem.u0))
+        y = np.asarray(p.problem.y)
+    outputs = np.stack(outputs)
     return Prediction(exp, kind, np.arange(0, exp.rounds + 1, exp.eval_every), outputs,
-                      loss(outputs, y), np.asarray(etas, np.float64), np.array(sharp), u0, y)
+                      loss(outputs, y), np.array(etas, np.float64), np.array(sharp),
+                      np.stack(u0), y)
 
 
 # -- the network against its kernel model ------------------------------------------------------
