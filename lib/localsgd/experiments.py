@@ -345,8 +345,18 @@ def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
     keys = jnp.stack([jax.random.key_data(jax.random.key(exp.seed + s)) for s in range(exp.seeds)])
     keys = jax.vmap(jax.random.wrap_key_data)(keys)
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-    params0 = jax.vmap(lambda k: model.init(k, spec))(init_keys)
-    return params0, train_keys
+    return _init_stack(spec, init_keys), train_keys
+
+
+# compiled once per network shape: run eagerly, the vmapped draws cost seconds per new width
+@functools.partial(jax.jit, static_argnums=0)
+def _init_stack(spec: model.NetSpec, keys: jax.Array):
+    return jax.vmap(lambda k: model.init(k, spec))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ntk_steps(spec: model.NetSpec, params0, x, scale):
+    return jax.vmap(lambda p: theory.ntk_step_size(spec, p, x, scale))(params0)
 
 
 def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.ClientData) -> np.ndarray:
@@ -360,8 +370,7 @@ def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.Client
     with en.precision(exp.run_config()):
         x_all = jnp.asarray(np.asarray(clients.x)[np.asarray(clients.mask) > 0], dtype)
         params0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), params0)
-        rule = jax.vmap(lambda p: theory.ntk_step_size(spec, p, x_all, exp.eta))
-        return np.asarray(rule(params0))
+        return np.asarray(_ntk_steps(spec, params0, x_all, jnp.asarray(exp.eta, dtype)))
 
 
 # -- running -----------------------------------------------------------------------------------

@@ -328,6 +328,10 @@ class Prediction:
         return analysis.iterations_to(self.iterations, self.loss, eps)
 
 
+# compiled once per network shape, not once per prediction
+_cross_gram = jax.jit(diagnostics.ntk_cross_gram, static_argnums=0)
+
+
 def _grams(exp, spec, params0, x_rows, x_train, kind):
     """Per seed, the kernel between ``x_rows: (M, d)`` and ``x_train: (N, d)`` (float64) and the
     initial outputs at ``x_rows``."""
@@ -343,8 +347,7 @@ def _grams(exp, spec, params0, x_rows, x_train, kind):
             else:
                 lim = theory.gram_infinity(np.asarray(x_rows, np.float64))
             return [lim[:, :N]] * exp.seeds, u0
-        cross = jax.jit(lambda p: diagnostics.ntk_cross_gram(spec, p, xr, xt))
-        return [np.asarray(cross(jax.tree.map(lambda a, s=s: a[s], p64)))
+        return [np.asarray(_cross_gram(spec, jax.tree.map(lambda a, s=s: a[s], p64), xr, xt))
                 for s in range(exp.seeds)], u0
 
 
