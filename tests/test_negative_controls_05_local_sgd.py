@@ -5,6 +5,8 @@ or another batch size while reporting the requested configuration."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from localsgd import experiments, kernel
@@ -13,6 +15,15 @@ from localsgd.claims import local_sgd as claims
 
 SIZES = dict(n=8, d=16, num_clients=2, data_seed=0, L=1, widths=[128, 256, 512], m=512, tau=2,
              batches=[1, 4], target=1.5, eps=1e-2, margin=1.5, max_rounds=60, seeds=4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def predict_once():
+    """Every kernel model computed once for the whole file: it depends on the configuration a
+    run reports alone, never on the run (which the wrong runs replace)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "predict", functools.cache(kernel.predict))
+        yield
 
 
 def verdict() -> list:
