@@ -1,58 +1,62 @@
-"""Chapter 04's verdict (localsgd.claims.local_gd) on Local GD with the theorems' step, and on
-wrong runs: clients whose gradients use the wrong labels, and a width far too small."""
+"""Chapter 04's verdict (localsgd.claims.local_gd) on its runs at small sizes, built as the
+notebook builds them: it holds on correct runs and fails, without crashing, on runs that silently
+take half the step, one local step instead of tau, no server averaging or a quarter of the width
+while reporting the requested configuration."""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import pytest
 
-from localsgd import experiments, model
+from localsgd import experiments, kernel
 from localsgd.claims import all_hold
-from localsgd.claims.local_gd import lambda_min, local_gd
+from localsgd.claims import local_gd as claims
 
-TAUS, C, EPS, ROUNDS = (1, 4), 0.5, 1e-2, 240
-
-
-def theorem_runs(m=128):
-    """Local GD at the theorems' step, eta = C n / (lambda_max(G0) tau), for every tau."""
-    exps = {t: experiments.Experiment(n=16, d=32, num_clients=4, m=m, L=1, algorithm="local_gd",
-                                      tau=t, eta=C / t, rounds=ROUNDS, eval_every=8, seeds=2)
-            for t in TAUS}
-    return {t: experiments.run(e, cache=False) for t, e in exps.items()}, lambda_min(exps[1])
+SIZES = dict(n=8, d=16, num_clients=2, data_seed=0, L=1, widths=[128, 256, 512], m=512,
+             taus=[1, 4], axis_tau=4, c=1.0, rounds=24, fixed_rounds=12, seeds=2)
+EPS = 1e-2
 
 
-pytestmark = pytest.mark.usefixtures("patched_engine_results")
-
-
-def test_local_gd_verdict_holds_at_the_theorems_step():
-    runs, lam = theorem_runs()
-    checks = local_gd(runs, lam, EPS)
+def verdict() -> list:
+    """The chapter's checks on its runs at :data:`SIZES`, as the notebook computes them."""
+    design = claims.design(**SIZES)
+    unique = design.experiments()
+    runs = design.assign(dict(zip(unique, experiments.run_grid(unique))))
+    preds = design.assign({e: kernel.predict(e) for e in unique})
+    lam = claims.lambda_min(design.theorem[SIZES["taus"][0]])
+    checks = claims.local_gd(runs, preds, lam, EPS)
     print(*checks, sep="\n")
-    assert all_hold(checks), checks
+    return checks
 
 
-def test_negative_control_04_local_gd_wrong_labels(monkeypatch):
-    backprop = model.backprop
-
-    def wrong_labels(spec, fixed, W, f, y, w, update=None):
-        # each client steps on its samples paired with another sample's label
-        return backprop(spec, fixed, W, f, jnp.roll(y, 1, axis=0), w, update)
-
-    monkeypatch.setattr(model, "backprop", wrong_labels)  # the engine calls model.backprop
-    runs, lam = theorem_runs()
-    checks = local_gd(runs, lam, EPS)
-    print(*checks, sep="\n")
-    assert not all_hold(checks)
-    assert not any(c.holds for c in checks if "rounds to ε / linearised" in c.name)
+def wrong_verdict(wrong, kind: str) -> list:
+    applied = wrong(kind)
+    checks = verdict()
+    assert any(applied), f"{kind} changed none of the chapter's runs"
+    return checks
 
 
-def test_negative_control_04_local_gd_width_far_too_small():
-    runs, lam = theorem_runs(m=8)
-    checks = local_gd(runs, lam, EPS)
-    print(*checks, sep="\n")
-    assert not all_hold(checks)
+def test_local_gd_verdict_holds_on_correct_runs(patched_engine_results):
+    assert all_hold(verdict())
 
 
-def test_local_gd_refuses_a_single_tau():
-    with pytest.raises(ValueError, match="theorem_runs"):
-        local_gd({1: None}, [1.0], EPS)
+def test_negative_control_04_half_step(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "half_step"))
+
+
+def test_negative_control_04_one_local_step(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "one_local_step"))
+
+
+def test_negative_control_04_no_averaging(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "no_averaging"))
+
+
+def test_negative_control_04_quarter_width(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "quarter_width"))
+
+
+def test_design_refuses_a_single_tau_and_too_few_widths():
+    with pytest.raises(ValueError, match="taus"):
+        claims.design(**{**SIZES, "taus": [4]})
+    with pytest.raises(ValueError, match="widths"):
+        claims.design(**{**SIZES, "widths": [128, 512]})

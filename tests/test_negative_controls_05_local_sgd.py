@@ -1,62 +1,80 @@
-"""Chapter 05's verdict (localsgd.claims.local_sgd) on Local SGD at one step for every batch
-size over ten seeds, and on wrong runs: minibatches that never change (each client always steps
-on the same b of its samples), and a step above the critical one."""
+"""Chapter 05's verdict (localsgd.claims.local_sgd) on its runs at small sizes, built as the
+notebook builds them: it holds on correct runs and fails, without crashing, on runs that silently
+take half the step, one local step instead of tau, no server averaging, a quarter of the width
+or another batch size while reporting the requested configuration."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import functools
+
 import pytest
 
-from localsgd import engine, experiments, theory
+from localsgd import experiments, kernel
 from localsgd.claims import all_hold
-from localsgd.claims.local_gd import lambda_min
-from localsgd.claims.local_sgd import local_sgd
+from localsgd.claims import local_sgd as claims
 
-BATCHES, EPS = (1, 4), 1e-2
-
-
-def runs(eta=0.5, eta_rule="ntk"):
-    exps = {b: experiments.Experiment(n=16, d=32, num_clients=4, m=128, L=1, algorithm="local_sgd",
-                                      batch_size=b, tau=4, eta=eta, eta_rule=eta_rule, rounds=96,
-                                      eval_every=3, seeds=10)
-            for b in BATCHES}
-    return {b: experiments.run(e, cache=False) for b, e in exps.items()}, lambda_min(exps[1])
+SIZES = dict(n=8, d=16, num_clients=2, data_seed=0, L=1, widths=[128, 256, 512], m=512, tau=2,
+             batches=[1, 4], target=1.5, eps=1e-2, margin=1.5, max_rounds=60, seeds=4)
 
 
-pytestmark = pytest.mark.usefixtures("patched_engine_results")
+@pytest.fixture(autouse=True, scope="module")
+def predict_once():
+    """Every kernel model computed once for the whole file: it depends on the configuration a
+    run reports alone, never on the run (which the wrong runs replace)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kernel, "predict", functools.cache(kernel.predict))
+        yield
 
 
-def test_local_sgd_verdict_holds_at_one_step_for_every_batch():
-    res, lam = runs()
-    checks = local_sgd(res, lam, EPS)
+def verdict() -> list:
+    """The chapter's checks on its runs at :data:`SIZES`, as the notebook computes them."""
+    design = claims.design(**SIZES)
+    unique = design.experiments()
+    runs = design.assign(dict(zip(unique, experiments.run_grid(unique))))
+    preds = design.assign({e: kernel.predict(e) for e in unique})
+    checks = claims.local_sgd(runs, preds, claims.alternatives(runs), SIZES["eps"])
     print(*checks, sep="\n")
-    assert all_hold(checks), checks
+    return checks
 
 
-def test_negative_control_05_local_sgd_same_minibatch_every_step(monkeypatch):
-    def first_b(scores, b):  # the client's first b samples, whatever the draw
-        return jnp.broadcast_to(jnp.arange(b), scores.shape[:-1] + (b,))
+def wrong_verdict(wrong, kind: str) -> list:
+    applied = wrong(kind)
+    checks = verdict()
+    assert any(applied), f"{kind} changed none of the chapter's runs"
+    return checks
 
-    monkeypatch.setattr(engine, "_pick", first_b)
-    monkeypatch.setattr(engine, "_minibatch_indices",
-                        lambda key, mask, tau, b: first_b(jnp.zeros((tau,) + mask.shape), b))
-    res, lam = runs()
-    checks = local_sgd(res, lam, EPS)
-    print(*checks, sep="\n")
+
+def test_local_sgd_verdict_holds_on_correct_runs(patched_engine_results):
+    assert all_hold(verdict())
+
+
+def test_negative_control_05_half_step(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "half_step"))
+
+
+def test_negative_control_05_one_local_step(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "one_local_step"))
+
+
+def test_negative_control_05_no_averaging(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "no_averaging"))
+
+
+def test_negative_control_05_quarter_width(silently_wrong):
+    assert not all_hold(wrong_verdict(silently_wrong, "quarter_width"))
+
+
+def test_negative_control_05_other_batch(silently_wrong):
+    checks = wrong_verdict(silently_wrong, "other_batch")
     assert not all_hold(checks)
-    assert not next(c for c in checks if c.name.startswith("b = 1: fitted")).holds
+    # the batch-size checks themselves see it, not only the distance bound
+    assert not next(c for c in checks if "nearest other" in c.name).holds
 
 
-def test_negative_control_05_local_sgd_step_above_critical():
-    exp = experiments.Experiment(n=16, d=32, num_clients=4, m=128, L=1, seeds=10)
-    clients, _, _ = experiments.load_data(exp)
-    spec = exp.net_spec(clients.x.shape[-1], 1)
-    params0, _ = experiments.init_params(exp, spec)
-    x = jnp.asarray(clients.x[clients.mask > 0])
-    lam_max = jax.vmap(lambda p: theory.ntk_max_eigenvalue(spec, p, x))(params0)
-    critical = float(jnp.min(theory.critical_step_size(lam_max, x.shape[0])))
-    res, lam = runs(eta=3.0 * critical, eta_rule="fixed")
-    checks = local_sgd(res, lam, EPS)
-    print(*checks, sep="\n")
-    assert not all_hold(checks)
+def test_design_refuses_bad_batches_widths_and_target():
+    with pytest.raises(ValueError, match="batches"):
+        claims.design(**{**SIZES, "batches": [4]})
+    with pytest.raises(ValueError, match="widths"):
+        claims.design(**{**SIZES, "widths": [128, 512]})
+    with pytest.raises(ValueError, match="target"):
+        claims.design(**{**SIZES, "target": 2.0})

@@ -131,6 +131,7 @@ def round_key(key, r):
     return jax.random.fold_in(key, r)
 
 
+@partial(jax.jit, static_argnums=(2, 3, 4))
 def minibatch_indices(key, mask, tau, b, rounds):
     """Every minibatch a run draws: ``(rounds, tau, K, b)`` row indices into each client's data
     (``mask: (K, n_max)``), round ``r`` drawn from :func:`round_key` ``(key, r)`` as the engine

@@ -278,8 +278,13 @@ def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
     keys = jnp.stack([jax.random.key_data(jax.random.key(exp.seed + s)) for s in range(exp.seeds)])
     keys = jax.vmap(jax.random.wrap_key_data)(keys)
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-    params0 = jax.vmap(lambda k: model.init(k, spec))(init_keys)
-    return params0, train_keys
+    return _init_stack(spec, init_keys), train_keys
+
+
+# compiled once per network shape: run eagerly, the vmapped draws cost seconds per new width
+@functools.partial(jax.jit, static_argnums=0)
+def _init_stack(spec: model.NetSpec, keys: jax.Array):
+    return jax.vmap(lambda k: model.init(k, spec))(keys)
 
 
 def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.ClientData) -> np.ndarray:

@@ -328,6 +328,10 @@ class Prediction:
         return analysis.iterations_to(self.iterations, self.loss, eps)
 
 
+# compiled once per network shape, not once per prediction
+_cross_gram = jax.jit(diagnostics.ntk_cross_gram, static_argnums=0)
+
+
 def _initial_outputs(spec, params0, x_rows):
     """Every seed's outputs at ``x_rows: (M, d)`` at initialisation, float64: ``(S, M, d_out)``."""
     with jax.enable_x64(True):
@@ -347,12 +351,11 @@ def _grams(spec, params0, x_rows, x_train, kind):
             yield lim
     with jax.enable_x64(True):
         xr, xt = jnp.asarray(x_rows, jnp.float64), jnp.asarray(x_train, jnp.float64)
-        cross = jax.jit(lambda p: diagnostics.ntk_cross_gram(spec, p, xr, xt))
     S = jax.tree.leaves(params0)[0].shape[0]
     for s in range(S):
         with jax.enable_x64(True):
-            yield np.asarray(cross(jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64),
-                                                params0)))
+            p = jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64), params0)
+            yield np.asarray(_cross_gram(spec, p, xr, xt))
 
 
 class SeedProblem(NamedTuple):
