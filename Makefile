@@ -19,6 +19,9 @@ PROFILE ?= default
 NB      ?=
 PARAMS  ?=
 ACCEL   ?= cpu
+# pytest workers (pytest-xdist): most of a test's time is one CPU core compiling or running one
+# small program, so two workers keep two cores busy
+TEST_WORKERS ?= 2
 
 JAX_PIN := $(shell sed -n 's/^jax==\([^ ]*\).*/\1/p' requirements.txt)
 ifeq ($(ACCEL),cuda)
@@ -65,7 +68,7 @@ book: $(ACCEL_STAMP)
 
 test: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 	$(PY) -m localsgd_book.pipeline render --warnings-as-errors
 	@# checked once the book exists: math loads locally, no page shows a machine path, and in
 	@# headless Chromium (the system's) nothing is wider than its column without a scroll cue

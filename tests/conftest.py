@@ -10,6 +10,18 @@ import nbformat
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a file's
+    tests stay on one worker, in order (they share module fixtures such as a compilation cache),
+    except the notebooks' smoke runs, which are grouped per chapter so that the chapters spread
+    over the workers while a chapter's figure test still follows its run on the same worker."""
+    for item in items:
+        group = item.path.stem
+        if group == "test_notebooks" and "[" in item.nodeid:
+            group = "notebook-" + item.nodeid.rsplit("[", 1)[1].rstrip("]")
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def tmp_results(tmp_path, monkeypatch):
     """Results (cache entries, checkpoints, verdicts) in a temporary folder."""
