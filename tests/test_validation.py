@@ -63,7 +63,7 @@ def batch_too_large_for_run(tmp):
 def duplicate_with_other_target(tmp):
     x, y = unit_rows()
     x[5], y[5] = x[2], -1.0
-    return ex.client_data(x, y)
+    return dt.client_data(x, y)
 
 
 def write_idx(path, arr, type_byte):
@@ -199,19 +199,19 @@ CASES = [
                  id="targets-shape-vs-d_out"),
     pytest.param(lambda tmp: dt.to_clients(*unit_rows()[:1], np.ones(8), [np.arange(8)]), "y",
                  "(8,)", ("(n=8, d_out)",), id="targets-not-2d"),
-    pytest.param(lambda tmp: ex.client_data(with_bad(unit_rows()[0], np.nan), unit_rows()[1]),
+    pytest.param(lambda tmp: dt.client_data(with_bad(unit_rows()[0], np.nan), unit_rows()[1]),
                  "x", "1 NaN", ("must be finite",), id="data-nan"),
-    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], with_bad(np.ones((8, 2)), np.inf)),
+    pytest.param(lambda tmp: dt.client_data(unit_rows()[0], with_bad(np.ones((8, 2)), np.inf)),
                  "y", "1 NaN or infinite", ("must be finite",), id="targets-infinite"),
-    pytest.param(lambda tmp: ex.client_data(2.0 * unit_rows()[0], unit_rows()[1]), "x",
+    pytest.param(lambda tmp: dt.client_data(2.0 * unit_rows()[0], unit_rows()[1]), "x",
                  "norm 2", ("unit-norm", "normalise_rows"), id="data-not-unit-norm"),
-    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], unit_rows()[1], num_clients=9),
+    pytest.param(lambda tmp: dt.client_data(unit_rows()[0], unit_rows()[1], num_clients=9),
                  "num_clients", "9", ("[1, n=8]",), id="user-data-more-clients-than-samples"),
-    pytest.param(lambda tmp: ex.client_data(unit_rows()[0] + 0.5j, unit_rows()[1]), "x",
+    pytest.param(lambda tmp: dt.client_data(unit_rows()[0] + 0.5j, unit_rows()[1]), "x",
                  "complex", ("must be real", "np.real"), id="data-complex"),
-    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], np.ones((8, 0))), "y", "(8, 0)",
+    pytest.param(lambda tmp: dt.client_data(unit_rows()[0], np.ones((8, 0))), "y", "(8, 0)",
                  ("d_out >= 1",), id="targets-no-columns"),
-    pytest.param(lambda tmp: ex.client_data(unit_rows()[0], np.full((8, 1), 1e20)), "y",
+    pytest.param(lambda tmp: dt.client_data(unit_rows()[0], np.full((8, 1), 1e20)), "y",
                  "1e+20", ("at most 1e+06", "scale the targets"), id="targets-huge"),
     pytest.param(duplicate_with_other_target, "x", "rows 2 and 5",
                  ("identical", "delta = 0", "remove or merge"),

@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "run": "experiments",
     "run_grid": "experiments",
     "load_data": "experiments",
-    "client_data": "experiments",
+    "client_data": "data",
     "checkpoint_path": "store",
     "results_dir": "store",
     "Dataset": "data",
@@ -115,6 +115,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .data import (
         ClientData,
         Dataset,
+        client_data,
         digits,
         idx_dataset,
         normalise_rows,
@@ -124,6 +125,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
         sphere,
         to_clients,
     )
-    from .experiments import Experiment, client_data, load_data, run, run_grid
+    from .experiments import Experiment, load_data, run, run_grid
     from .result import Result
     from .store import checkpoint_path, results_dir

@@ -19,6 +19,7 @@ import struct
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 PARTITIONS = ("iid", "shards", "dirichlet")
 TARGETS = ("labels", "gaussian", "teacher")
@@ -549,3 +550,37 @@ def label_skew(labels, parts: list[np.ndarray]) -> float:
         for p in parts
     ]
     return float(np.mean(tv))
+
+
+_split = partition  # client_data's argument ``partition`` (a name) shadows the function
+
+
+def client_data(
+    x: ArrayLike,
+    y: ArrayLike,
+    num_clients: int = 1,
+    partition: str = "iid",
+    *,
+    labels: ArrayLike | None = None,
+    alpha: float = 1.0,
+    seed: int = 0,
+) -> ClientData:
+    """Your own samples ``x: (n, d)``, ``y: (n, d_out)`` split over ``num_clients`` clients, for
+    :func:`localsgd.engine.run` and :func:`localsgd.engine.sweep`.
+
+    The theory assumes unit-norm inputs, so rows that are not unit-norm are refused (ValueError,
+    pointing to :func:`normalise_rows`), as is what
+    :func:`check_samples` refuses (complex, NaN or infinite entries, shapes that do
+    not match, huge targets, repeated inputs with different targets) and ``num_clients`` outside
+    ``[1, n]``. ``labels: (n,)`` drive the ``shards`` and
+    ``dirichlet`` partitions (default: the argmax of ``y``, or its sign when ``d_out == 1``).
+    """
+    x, y = check_samples(x, y)
+    check_unit_norm(x)
+    if labels is None:
+        labels = np.argmax(y, axis=1) if y.shape[1] > 1 else (y[:, 0] > 0).astype(int)
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape (n={x.shape[0]},), got shape {labels.shape}")
+    parts = _split(labels, num_clients, partition, alpha=alpha, seed=seed)
+    return to_clients(x, y, parts)

@@ -18,7 +18,7 @@ Reliability:
 * With ``checkpoint_every`` the rounds run in chunks, the state saved after each; a killed run,
   started again, resumes from there and ends with exactly the numbers of an uninterrupted run.
 * Inputs must be unit-norm (the theory assumes ``||x_i|| = 1``): :func:`load_data` and
-  :func:`client_data` (the way in for your own arrays) refuse other rows and point to
+  :func:`localsgd.data.client_data` (the way in for your own arrays) refuse other rows and point to
   :func:`localsgd.data.normalise_rows`.
 """
 
@@ -37,7 +37,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpy.typing import ArrayLike
 
 from . import __version__, budget, model, store, theory
 from . import config as cf
@@ -240,37 +239,6 @@ def load_data(exp: Experiment) -> tuple[dt.ClientData, dt.Dataset | None, np.nda
         train.labels, exp.num_clients, exp.partition, alpha=exp.alpha, seed=exp.data_seed
     )
     return dt.to_clients(train.x, train.y, parts), test, train.labels
-
-
-def client_data(
-    x: ArrayLike,
-    y: ArrayLike,
-    num_clients: int = 1,
-    partition: str = "iid",
-    *,
-    labels: ArrayLike | None = None,
-    alpha: float = 1.0,
-    seed: int = 0,
-) -> dt.ClientData:
-    """Your own samples ``x: (n, d)``, ``y: (n, d_out)`` split over ``num_clients`` clients, for
-    :func:`localsgd.engine.run` and :func:`localsgd.engine.sweep`.
-
-    The theory assumes unit-norm inputs, so rows that are not unit-norm are refused (ValueError,
-    pointing to :func:`localsgd.data.normalise_rows`), as is what
-    :func:`localsgd.data.check_samples` refuses (complex, NaN or infinite entries, shapes that do
-    not match, huge targets, repeated inputs with different targets) and ``num_clients`` outside
-    ``[1, n]``. ``labels: (n,)`` drive the ``shards`` and
-    ``dirichlet`` partitions (default: the argmax of ``y``, or its sign when ``d_out == 1``).
-    """
-    x, y = dt.check_samples(x, y)
-    dt.check_unit_norm(x)
-    if labels is None:
-        labels = np.argmax(y, axis=1) if y.shape[1] > 1 else (y[:, 0] > 0).astype(int)
-    labels = np.asarray(labels)
-    if labels.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape (n={x.shape[0]},), got shape {labels.shape}")
-    parts = dt.partition(labels, num_clients, partition, alpha=alpha, seed=seed)
-    return dt.to_clients(x, y, parts)
 
 
 def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
