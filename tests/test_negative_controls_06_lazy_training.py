@@ -1,66 +1,82 @@
-"""Negative controls for chapter 06: the checks of `localsgd.claims.lazy_training` hold on a small
-lazy run and fail when the step is far above the critical one or the widths far too small."""
+"""Chapter 06's verdict (localsgd.claims.lazy_training) on correct width axes of the deep and the
+two-layer network, built as the notebook builds them, and with one network's axis run silently
+wrong while reporting the requested configuration: half the step, one local step instead of tau,
+no server average, a quarter of the width. Each must make the verdict fail, not crash, through a
+check of the network that ran wrong; the wrong kinds alternate between the two networks (the
+other network's correct runs are shared), so that each network's checks are seen to catch a
+wrong run on their own."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from localsgd import experiments, theory
+from localsgd import experiments
 from localsgd.claims import all_hold
 from localsgd.claims import lazy_training as claims
 
-COMMON = dict(dataset="sphere", n=16, d=16, num_clients=2, algorithm="local_gd", tau=2,
-              rounds=12, eval_every=4, eta=1.0, eta_rule="ntk", seeds=2,
-              metrics=("loss", "dist", "ever_flipped"))
+WIDTHS = {"deep": (64, 256, 1024), "two_layer": (256, 1024, 4096)}
+SETTING = dict(n=16, d=16, num_clients=2, L=1, tau=2, rounds=12, eval_every=4, eta=1.0, seeds=2)
+LABEL = {"deep": "deep", "two_layer": "two-layer"}  # how the checks name each network
 
 
-def _runs(arch, widths):
-    L = 2 if arch == "deep" else 1
-    return [experiments.run(experiments.Experiment(arch=arch, m=m, L=L, **COMMON), cache=False)
-            for m in widths]
+def _experiments(arch):
+    return {m: claims.experiment(arch, m, **SETTING) for m in WIDTHS[arch]}
+
+
+def _movement(arch, kernels):
+    runs = {m: experiments.run(e) for m, e in _experiments(arch).items()}
+    return claims.movement(runs, kernels[arch], bootstrap=200)
 
 
 @pytest.fixture(scope="module")
-def two_layer_correct(tmp_path_factory):
-    """The two-layer runs of a correct set-up, shared by the tests that break the deep network."""
+def kernels():
+    """The kernel models of the requested runs and their movement: both come from the
+    configurations the runs report, which a wrong run does not change."""
+    return {arch: {m: claims.kernel_movement(e) for m, e in _experiments(arch).items()}
+            for arch in claims.ARCHS}
+
+
+@pytest.fixture(scope="module")
+def correct(tmp_path_factory, kernels):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOCALSGD_RESULTS", str(tmp_path_factory.mktemp("results")))
-        return _runs("two_layer", (64, 256, 1024)), (64, 256, 1024)
+        return {arch: _movement(arch, kernels) for arch in claims.ARCHS}
 
 
-def _checks(deep_widths, two):
-    deep = _runs("deep", deep_widths)
-    runs, widths_two = two
-
-    def end(res, k):
-        return np.stack([r.metrics[k][:, -1] for r in res])
-
-    abs_deep = np.stack([np.sqrt((r.metrics["dist"][:, -1, :] ** 2).sum(-1)) for r in deep])
-    return claims.lazy_training(
-        list(deep_widths), abs_deep, end(deep, "dist_rel"), end(deep, "ever_flipped"),
-        list(widths_two), end(runs, "dist_rel"), diverged=sum(r.diverged for r in deep + runs))
+def test_lazy_training_holds_on_correct_runs(correct):
+    checks = claims.checks(correct["deep"], correct["two_layer"])
+    assert all_hold(checks), [c.name for c in checks if not c.holds]
 
 
-def _failing(checks):
-    return [c.name for c in checks if not c.holds]
+def _fails(kind, arch, wrong, kernels, correct):
+    applied = wrong(kind)
+    mv = {**correct, arch: _movement(arch, kernels)}
+    checks = claims.checks(mv["deep"], mv["two_layer"])
+    assert applied and all(applied)
+    failing = [c.name for c in checks if not c.holds]
+    print(kind, f"({arch}) fails:", *failing, sep="\n  ")
+    assert not all_hold(checks), f"{kind}: every check held"
+    assert any(name.startswith(LABEL[arch]) for name in failing), failing
 
 
-def test_lazy_training_holds_on_a_small_correct_run(tmp_results, two_layer_correct):
-    checks = _checks((64, 128, 256), two_layer_correct)
-    assert all_hold(checks), _failing(checks)
+def test_negative_control_06_half_step(silently_wrong, kernels, correct):
+    _fails("half_step", "deep", silently_wrong, kernels, correct)
 
 
-def test_negative_control_06_lazy_training_step_above_critical(tmp_results, monkeypatch):
-    rule = theory.ntk_step_size
-    # four times the rule's step: eta = 4 n / lambda_max(G0), twice the critical step
-    monkeypatch.setattr(theory, "ntk_step_size", lambda *a, **k: 4.0 * rule(*a, **k))
-    widths_two = (64, 256, 1024)
-    checks = _checks((64, 128, 256), (_runs("two_layer", widths_two), widths_two))
-    assert not all_hold(checks)
+def test_negative_control_06_one_local_step(silently_wrong, kernels, correct):
+    _fails("one_local_step", "two_layer", silently_wrong, kernels, correct)
 
 
-def test_negative_control_06_lazy_training_width_far_too_small(tmp_results, two_layer_correct):
-    checks = _checks((4, 8, 16), two_layer_correct)
-    assert not all_hold(checks)
-    assert not checks[1].holds  # the deep network's relative movement no longer falls like 1/m
+def test_negative_control_06_no_averaging(silently_wrong, kernels, correct):
+    _fails("no_averaging", "deep", silently_wrong, kernels, correct)
+
+
+def test_negative_control_06_quarter_width(silently_wrong, kernels, correct):
+    _fails("quarter_width", "two_layer", silently_wrong, kernels, correct)
+
+
+def test_movement_refuses_kernels_of_other_widths(kernels):
+    # refused before any result is read
+    with pytest.raises(ValueError, match="kernels"):
+        claims.movement(dict.fromkeys(WIDTHS["two_layer"]),
+                        {m: k for m, k in kernels["two_layer"].items() if m != 256})
