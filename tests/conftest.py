@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import jax
 import nbformat
 import pytest
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the whole test run (``.pytest_cache/jax``), shared by
+    the workers and by the notebooks' kernels (which inherit the environment): the smoke runs,
+    the negative controls and the library tests compile many identical programs, and a cached
+    program is looked up by its own text, so only an identical program is ever served. A cache
+    folder already named in ``JAX_COMPILATION_CACHE_DIR`` is kept."""
+    path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                 str(Path(config.rootpath) / ".pytest_cache" / "jax"))
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 def pytest_collection_modifyitems(config, items):
