@@ -127,9 +127,10 @@ def silently_wrong(monkeypatch, patched_engine_results):
         if kind == "no_averaging":
             sweep = engine.sweep
 
-            def keep_first(config, spec, params0, data, keys, etas=None, start=None):
+            def keep_first(config, spec, params0, data, keys, etas=None, start=None, **kw):
                 w = jax.numpy.zeros_like(data.weight).at[0].set(1.0)
-                return sweep(config, spec, params0, data._replace(weight=w), keys, etas, start)
+                return sweep(config, spec, params0, data._replace(weight=w), keys, etas, start,
+                             **kw)
 
             monkeypatch.setattr(engine, "sweep", keep_first)
         return applied
