@@ -15,15 +15,15 @@ from localsgd import model
 from localsgd.claims import all_hold
 from localsgd.claims import width_threshold as wt
 
-WIDTHS = [8, 32, 128]
-DELTAS = [0.6, 0.3]
+WIDTHS = [32, 64, 128]
+DELTAS = [0.3, 0.15]
 EPS = 0.05
 
 
 def _verdict():
     base = ex.Experiment(
         dataset="sphere", n=16, d=32, num_clients=4, arch="deep", L=1, algorithm="local_gd",
-        tau=2, eta=0.5, eta_rule="ntk", seeds=6, rounds=600, eval_every=10,
+        tau=2, eta=0.5, eta_rule="ntk", seeds=16, rounds=1800, eval_every=10,
         metrics=("loss", "dist", "flips", "outputs"),
     )
     diagrams = {"1/δ": wt.diagram(base, 1 / np.array(DELTAS), [dict(delta=v) for v in DELTAS],

@@ -39,7 +39,7 @@ TOLERANCES = {
     "max_movement": Tolerance(
         0.3, "prior",
         "fixed before any run: a run is lazy while its weights stay within 30 % of their "
-        "initial norm, ||W_t - W_0||_F <= 0.3 ||W_0||_F"),
+        r"initial norm, $\Vert W_t - W_0 \Vert_F \le 0.3\, \Vert W_0 \Vert_F$"),
     "max_flips": Tolerance(
         0.15, "prior",
         "fixed before any run: a run is lazy while at most 15 % of its activation patterns "
@@ -47,8 +47,9 @@ TOLERANCES = {
     "max_distance": Tolerance(
         0.2, "prior",
         "fixed before any run: a run follows its kernel model while its outputs stay within a "
-        "fifth of the initial residual of the kernel model's, D <= 0.2 (about the kernel "
-        "model's own residual at the target, sqrt(eps / F0) = 0.22 for eps = 0.05 and F0 = 1)"),
+        r"fifth of the initial residual of the kernel model's, $D \le 0.2$ (about the kernel "
+        r"model's own residual at the target, $\sqrt{\varepsilon / F_0} = 0.22$ for "
+        r"$\varepsilon = 0.05$ and $F_0 = 1$)"),
     "narrow_max": Tolerance(
         0.2, "prior",
         "fixed before any run: at the narrowest width at most a fifth of a row's runs succeed "
@@ -58,10 +59,10 @@ TOLERANCES = {
         "fixed before any run: at the widest width at least four fifths of a row's runs succeed "
         "(the grid ends above the threshold)"),
     "sqrt_m_distance": Tolerance(
-        2.4, "ci-fit",
-        "the largest sqrt(m) D over the ci profile's width axis (the row delta = 0.6, n = 16 at "
-        "m = 8 ... 128; 6 seeds each), 1.61 at m = 8, times 1.5 for the seeds and widths of the "
-        "default profile, rounded down"),
+        3.9, "ci-fit",
+        r"the largest $\sqrt{m}\, D$ over the ci profile's width axis (the row $\delta = 0.3$, "
+        r"$n = 16$ at $m = 32, 64, 128$; 16 seeds each), 2.62 at $m = 64$, times 1.5 for the "
+        "seeds and widths of the default profile, rounded down"),
     "critical": km.TOLERANCES["critical"],
 }
 
