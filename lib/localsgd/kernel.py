@@ -278,8 +278,10 @@ def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
         rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
     cols = np.asarray(prob.cols, np.float64)
     worst = 0.0
-    for lo in range(0, rows.shape[0], 256):  # in chunks: (chunk, B, B, d_out, d_out) at a time
-        r, sw = rows[lo:lo + 256], np.sqrt(w[lo:lo + 256])
+    d = cols.shape[1] if cols.ndim == 4 else 1
+    chunk = max(1, min(256, 2 ** 24 // (rows.shape[1] * d) ** 2))
+    for lo in range(0, rows.shape[0], chunk):  # (chunk, B, B, d_out, d_out) at a time
+        r, sw = rows[lo:lo + chunk], np.sqrt(w[lo:lo + chunk])
         scale = sw[:, :, None] * sw[:, None, :]
         if cols.ndim == 4:
             G = cols[r[:, :, None], :, r[:, None, :], :] * scale[..., None, None]
@@ -287,9 +289,19 @@ def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
             G = G.transpose(0, 1, 3, 2, 4).reshape(Q, B * d, B * d)
         else:
             G = cols[r[:, :, None], r[:, None, :]] * scale
-        lam = np.linalg.eigvalsh(0.5 * (G + np.swapaxes(G, -1, -2)))[..., -1]
+        G = 0.5 * (G + np.swapaxes(G, -1, -2))
+        if G.shape[-1] <= _DENSE_EIG:
+            lam = np.linalg.eigvalsh(G)[..., -1]
+        else:  # large pooled minibatches: only the top eigenvalue, by Lanczos
+            from scipy.sparse.linalg import eigsh
+
+            lam = np.array([eigsh(g, k=1, which="LA", tol=1e-10, return_eigenvectors=False)[0]
+                            for g in G])
         worst = max(worst, float(lam.max()))
     return worst
+
+
+_DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
 
 
 # -- the kernel model of an experiment ---------------------------------------------------------
