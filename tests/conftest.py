@@ -73,7 +73,8 @@ def patched_engine_results(tmp_results):
 
 # The wrong runs of the negative controls: a library that silently runs something else than it
 # is asked for and reports the requested configuration.
-WRONG_RUNS = ("half_step", "one_local_step", "no_averaging", "quarter_width", "other_batch")
+WRONG_RUNS = ("half_step", "one_local_step", "no_averaging", "quarter_width", "other_batch",
+              "other_split")
 
 
 def _wrong_config(exp, kind):
@@ -87,6 +88,8 @@ def _wrong_config(exp, kind):
         return exp.replace(tau=1) if exp.tau > 1 else None
     if kind == "quarter_width":
         return exp.replace(m=max(1, exp.m // 4))
+    if kind == "other_split":
+        return exp.replace(data_seed=exp.data_seed + 1)
     if kind == "other_batch":
         if not algorithms.get(exp.algorithm).stochastic:
             return None
@@ -102,8 +105,9 @@ def silently_wrong(monkeypatch, patched_engine_results):
     the server keeping client 0's model instead of the average, a quarter of the width, another
     batch size) and returns a Result that reports the requested configuration and step sizes.
     Kinds that do not apply to a run (one local step when ``tau = 1``, a batch size without
-    minibatches) leave it unchanged; ``wrong`` returns a list that collects, for every run, whether
-    the kind applied."""
+    minibatches) leave it unchanged; ``"other_split"`` runs on the data and split of the next
+    ``data_seed`` (for digits, another train/test split and another partition); ``wrong``
+    returns a list that collects, for every run, whether the kind applied."""
     from localsgd import engine, experiments
 
     applied = []

@@ -315,3 +315,60 @@ def test_shared_checks_hold_on_a_width_axis_and_fail_on_a_wrong_one(silently_wro
     assert all(applied) and np.array_equal(lying[32].eta, runs[32].eta)
     wrong = km.checks(km.width_axis(lying, preds, bootstrap=200), bound)
     assert not all_hold(wrong), wrong
+
+
+def test_test_points_of_a_digits_run_move_with_the_full_cross_kernel():
+    # Local GD with one client and one local step is GD; every test point moves by
+    # -(eta / N) sum_j G_0(x_test, x_j) r_j, the cross kernel with every output pair
+    exp = experiments.Experiment(dataset="digits", n=12, num_clients=1, m=32, L=1,
+                                 algorithm="local_gd", tau=1, eta=0.3, eta_rule="fixed",
+                                 rounds=4, metrics=("loss", "outputs"))
+    clients, test, _ = experiments.load_data(exp)
+    x = np.asarray(clients.x)[np.asarray(clients.mask) > 0]
+    probe = np.asarray(test.x[:5], np.float64)
+    pred = kernel.predict(exp, probe=probe)
+    spec = exp.net_spec(x.shape[1], 10)
+    params0, _ = experiments.init_params(exp, spec)
+    with jax.enable_x64(True):
+        p = jax.tree.map(lambda a: jax.numpy.asarray(a[0], jax.numpy.float64), params0)
+        cross = np.asarray(diagnostics.ntk_cross_gram(spec, p, probe, np.asarray(x, np.float64)))
+        start = np.asarray(model.apply(spec, p, probe))
+    N = x.shape[0]
+    assert np.abs(cross[:, 0, :, 1]).max() > 0  # the cross-output terms are there
+    np.testing.assert_allclose(pred.outputs[0, 0, N:], start, rtol=1e-5, atol=1e-7)
+    for t in range(4):
+        r = pred.outputs[0, t, :N] - pred.y
+        want = pred.outputs[0, t, N:] - 0.3 / N * np.einsum("iojp,jp->io", cross, r)
+        np.testing.assert_allclose(pred.outputs[0, t + 1, N:], want, rtol=1e-5, atol=1e-8)
+
+
+def test_predictions_of_several_splits_share_one_kernel():
+    base = experiments.Experiment(dataset="digits", n=30, num_clients=3, m=32, L=1,
+                                  algorithm="local_sgd", tau=2, batch_size=3, eta=0.2,
+                                  eta_rule="fixed", rounds=3, seeds=2)
+    exps = [base, base.replace(partition="shards"), base.replace(partition="dirichlet", alpha=0.5,
+                                                                 algorithm="scaffold")]
+    _, test, _ = experiments.load_data(base)
+    probe = np.asarray(test.x[:4], np.float64)
+    together = kernel.predict_many(exps, probe=probe)
+    for e, got in zip(exps, together):  # against the kernel formed in the run's client order
+        clients, _, _ = experiments.load_data(e)
+        mask = np.asarray(clients.mask)
+        x = np.asarray(clients.x, np.float64)[mask > 0]
+        y = np.asarray(clients.y, np.float64)[mask > 0]
+        spec = e.net_spec(x.shape[1], 10)
+        params0, keys = experiments.init_params(e, spec)
+        rows = np.concatenate([x, probe])
+        for s in range(2):
+            with jax.enable_x64(True):
+                p = jax.tree.map(lambda a, s=s: jax.numpy.asarray(a[s], jax.numpy.float64),
+                                 params0)
+                gram = np.asarray(diagnostics.ntk_cross_gram(spec, p, rows, x))
+                u0 = np.asarray(model.apply(spec, p, rows))
+            cfg = e.run_config()
+            batches = np.asarray(engine.minibatch_indices(keys[s], jax.numpy.asarray(mask),
+                                                          cfg.tau, cfg.batch_size, cfg.rounds))
+            want = kernel.trajectory(cfg, kernel.problem(gram, u0, y, mask), e.eta, batches)
+            np.testing.assert_allclose(got.outputs[s], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="m"):
+        kernel.predict_many([base, base.replace(m=64)])

@@ -235,10 +235,22 @@ def load_data(exp: Experiment) -> tuple[dt.ClientData, dt.Dataset | None, np.nda
                 f"num_clients must be at most n={train.x.shape[0]}, got {exp.num_clients!r}"
             )
     dt.check_unit_norm(train.x)
-    parts = dt.partition(
-        train.labels, exp.num_clients, exp.partition, alpha=exp.alpha, seed=exp.data_seed
-    )
+    parts = _parts(exp, train.labels)
     return dt.to_clients(train.x, train.y, parts), test, train.labels
+
+
+def _parts(exp: Experiment, labels: np.ndarray) -> list[np.ndarray]:
+    return dt.partition(labels, exp.num_clients, exp.partition, alpha=exp.alpha,
+                        seed=exp.data_seed)
+
+
+def training_order(exp: Experiment) -> np.ndarray:
+    """The index, in the data's own order, of every real client row of :func:`load_data`'s
+    clients, client by client: ``(N,)``, so that ``clients.x[clients.mask > 0]`` is
+    ``train.x[training_order(exp)]``. Two experiments on the same data with other splits hold
+    the same training points in other orders."""
+    _, _, labels = load_data(exp)
+    return np.concatenate(_parts(exp, labels))
 
 
 def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:

@@ -71,12 +71,14 @@ class Problem(NamedTuple):
     weight: jax.Array
 
 
-def problem(gram, u0, y, mask) -> Problem:
+def problem(gram, u0, y, mask, order=None) -> Problem:
     """A :class:`Problem` from a kernel between prediction points (rows) and training points
     (columns): ``gram: (M, d_out, N, d_out)`` or ``(M, N)`` (one kernel for every output),
     ``u0: (M, d_out)``, ``y: (N, d_out)`` and the clients' ``mask: (K, n_max)``, whose real rows,
     client by client, are the ``N`` training points in order (as
-    ``ClientData.x[ClientData.mask > 0]``). The averaging weights are ``n_k / n``."""
+    ``ClientData.x[ClientData.mask > 0]``), or with ``order: (N,)`` the training points
+    ``order[0], order[1], ...`` (another split of the same points, with no copy of the kernel).
+    The averaging weights are ``n_k / n``."""
     mask = np.asarray(mask, np.float64)
     gram, u0, y = (np.asarray(a, np.float64) for a in (gram, u0, y))
     N = int(mask.sum())
@@ -95,6 +97,12 @@ def problem(gram, u0, y, mask) -> Problem:
             f"gram must have shape (M={M}, N={N}) or (M, d_out={d_out}, N, d_out), "
             f"got {gram.shape}")
     pos = np.where(mask > 0, np.cumsum(mask.ravel()).reshape(mask.shape) - 1, 0).astype(np.int32)
+    if order is not None:
+        order = np.asarray(order)
+        if order.shape != (N,) or not np.array_equal(np.sort(order), np.arange(N)):
+            raise ValueError(f"order must be a permutation of the N={N} training points, got "
+                             f"shape {order.shape}")
+        pos = np.where(mask > 0, order[pos], 0).astype(np.int32)
     return Problem(cols, u0, y, pos, mask, mask.sum(axis=1) / N)
 
 
@@ -270,8 +278,10 @@ def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
         rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
     cols = np.asarray(prob.cols, np.float64)
     worst = 0.0
-    for lo in range(0, rows.shape[0], 256):  # in chunks: (chunk, B, B, d_out, d_out) at a time
-        r, sw = rows[lo:lo + 256], np.sqrt(w[lo:lo + 256])
+    d = cols.shape[1] if cols.ndim == 4 else 1
+    chunk = max(1, min(256, 2 ** 24 // (rows.shape[1] * d) ** 2))
+    for lo in range(0, rows.shape[0], chunk):  # (chunk, B, B, d_out, d_out) at a time
+        r, sw = rows[lo:lo + chunk], np.sqrt(w[lo:lo + chunk])
         scale = sw[:, :, None] * sw[:, None, :]
         if cols.ndim == 4:
             G = cols[r[:, :, None], :, r[:, None, :], :] * scale[..., None, None]
@@ -279,9 +289,19 @@ def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
             G = G.transpose(0, 1, 3, 2, 4).reshape(Q, B * d, B * d)
         else:
             G = cols[r[:, :, None], r[:, None, :]] * scale
-        lam = np.linalg.eigvalsh(0.5 * (G + np.swapaxes(G, -1, -2)))[..., -1]
+        G = 0.5 * (G + np.swapaxes(G, -1, -2))
+        if G.shape[-1] <= _DENSE_EIG:
+            lam = np.linalg.eigvalsh(G)[..., -1]
+        else:  # large pooled minibatches: only the top eigenvalue, by Lanczos
+            from scipy.sparse.linalg import eigsh
+
+            lam = np.array([eigsh(g, k=1, which="LA", tol=1e-10, return_eigenvectors=False)[0]
+                            for g in G])
         worst = max(worst, float(lam.max()))
     return worst
+
+
+_DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
 
 
 # -- the kernel model of an experiment ---------------------------------------------------------
@@ -435,6 +455,71 @@ def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None,
     return Prediction(exp, kind, np.arange(0, exp.rounds + 1, exp.eval_every), outputs,
                       loss(outputs, y), np.array(etas, np.float64), np.array(sharp),
                       np.stack(u0), y)
+
+
+_SHARED = ("dataset", "n", "d", "d_out", "delta", "targets", "data_seed", "idx_images",
+           "idx_labels", "arch", "m", "L", "activation", "seeds", "seed", "dtype")
+
+
+def predict_many(exps, kind: str = "empirical", probe=None) -> list[Prediction]:
+    """:func:`predict` for several experiments on the same data and network (the fields in
+    ``_SHARED``: data, width, depth, seeds, dtype) that differ in their split or their run
+    (partition, clients, algorithm, step, ``tau``, ``b``, rounds): each seed's kernel, the
+    costly part (``M N d_out^2 m`` for ``M`` prediction and ``N`` training points), is computed
+    once, on the training points in the data's own order, and serves every experiment through
+    its order (:func:`localsgd.experiments.training_order`). A list of :class:`Prediction`, one
+    per experiment, each as :func:`predict` gives it."""
+    exps = list(exps)
+    if not exps or not all(isinstance(e, experiments.Experiment) for e in exps):
+        raise ValueError(f"exps must be a non-empty list of Experiment objects, got {exps!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    ref = exps[0]
+    for e in exps[1:]:
+        other = [f for f in _SHARED if getattr(e, f) != getattr(ref, f)]
+        if other:
+            raise ValueError(f"exps must share their data and network; {other} differ")
+    data = [experiments.load_data(e)[0] for e in exps]
+    orders = [experiments.training_order(e) for e in exps]
+    masks = [np.asarray(c.mask) for c in data]
+    x_train = np.empty_like(np.asarray(data[0].x)[masks[0] > 0])
+    x_train[orders[0]] = np.asarray(data[0].x)[masks[0] > 0]
+    y = np.empty(x_train.shape[:1] + data[0].y.shape[-1:])
+    y[orders[0]] = np.asarray(data[0].y, np.float64)[masks[0] > 0]
+    N = x_train.shape[0]
+    spec = ref.net_spec(x_train.shape[1], y.shape[1])
+    if probe is not None:
+        probe = np.asarray(probe, np.float64)
+        if probe.ndim != 2 or probe.shape[1] != x_train.shape[1]:
+            raise ValueError(f"probe must have shape (P, d={x_train.shape[1]}), got {probe.shape}")
+    x_rows = x_train if probe is None else np.concatenate([x_train, probe])
+    # every experiment's rows: its training points in its client order, then the probe points
+    rows = [np.concatenate([o, np.arange(N, x_rows.shape[0])]) for o in orders]
+    params0, keys = experiments.init_params(ref, spec)
+    with engine.precision(ref.run_config()):
+        params0 = jax.tree.map(lambda a: np.asarray(a.astype(ref.dtype)), params0)
+    etas = [experiments.step_sizes(e, spec, params0, c) for e, c in zip(exps, data)]
+    u0 = _initial_outputs(spec, params0, x_rows)
+    outs, sharp = [[] for _ in exps], [[] for _ in exps]
+    for s, gram in zip(range(ref.seeds), _grams(spec, params0, x_rows, x_train, kind)):
+        for i, e in enumerate(exps):
+            cfg = e.run_config()
+            prob = problem(gram, u0[s], y, masks[i], orders[i])
+            batches = None
+            if algs.get(e.algorithm).stochastic:
+                batches = np.asarray(engine.minibatch_indices(
+                    keys[s], jnp.asarray(masks[i]), cfg.tau, cfg.batch_size, cfg.rounds))
+            outs[i].append(trajectory(cfg, prob, float(etas[i][s]), batches)[:, rows[i]])
+            sharp[i].append(sharpness(cfg, prob, batches))
+        del gram, prob
+    preds = []
+    for i, e in enumerate(exps):
+        outputs = np.stack(outs[i])
+        y_e = y[orders[i]]
+        preds.append(Prediction(e, kind, np.arange(0, e.rounds + 1, e.eval_every), outputs,
+                                loss(outputs, y_e), np.asarray(etas[i], np.float64),
+                                np.array(sharp[i]), u0[:, rows[i]], y_e))
+    return preds
 
 
 # -- the network against its kernel model ------------------------------------------------------

@@ -1,0 +1,169 @@
+"""Chapter 11 (handwritten digits): the paper's claim on real data. scikit-learn's digits, rows
+normalised to unit norm, one-hot targets, split over clients iid, by label shards or by
+Dirichlet(alpha) draws; Local SGD, minibatch SGD at equal computation, FedProx and SCAFFOLD at the
+theorems' step (below every local update's critical step) and at a practical step, each run against
+the kernel model of its own initialisation (:mod:`localsgd.kernel`), on the training points and on
+the test points through the cross kernel.
+
+The experiment builders live here so that the notebook and its negative controls build the same
+runs; the check functions take recorded results and predictions and run nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .. import analysis, experiments, theory
+from . import Check, Tolerance
+from . import kernel_model as km
+
+__all__ = ["TOLERANCES", "accuracy", "digits", "experiment", "grid_checks", "kernel_accuracy",
+           "rounds_to", "step_unit"]
+
+TOLERANCES = {
+    "sqrt_m_distance": Tolerance(
+        3.5, "ci-fit",
+        "the largest sqrt(m) D over the ci profile's width axis (2.31: m = 512, worst of 2 seeds; "
+        "widths 128, 256, 512, n = 200) times a margin of 1.5 for the exponent drifting from "
+        "-1/2 between ci's and default's widths"),
+    "accuracy_gap": Tolerance(
+        0.05, "prior",
+        "fixed before any run: the network's and its kernel model's final test accuracies "
+        "(median over seeds) within 5 points, the spread of a test set of a few hundred digits "
+        "between two classifiers that agree on the training set"),
+    "iteration_ratio": km.TOLERANCES["iteration_ratio"],
+    "critical": km.TOLERANCES["critical"],
+}
+
+ALGORITHMS = ("local_sgd", "minibatch_sgd", "fedprox", "scaffold")
+
+
+def step_unit(setup: Mapping) -> float:
+    """``n / lambda_max`` of the infinite-width kernel (times ``m``, the deep net's scale) on the
+    training points of ``setup`` (the fields of :func:`experiment` shared by every run): the
+    unit of the chapter's steps, the same for every seed and width once multiplied by ``m``
+    (``eta m`` is width-free). A float; :func:`experiment` divides it by ``m``."""
+    clients, _, _ = experiments.load_data(experiment(setup, "local_sgd", "iid", 1.0, 1.0))
+    x = np.asarray(clients.x)[np.asarray(clients.mask) > 0]
+    d_out = clients.y.shape[-1]
+    lam = np.linalg.eigvalsh(theory.gram_infinity_deep(x, setup["L"], d_out))[-1]
+    return float(x.shape[0] / lam)
+
+
+def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: float,
+               unit: float = 1.0, m: int | None = None, metrics=("loss", "outputs",
+                                                               "test_outputs")):
+    """One run of the chapter: ``setup`` holds the data, network and run fields shared by every
+    run (``dataset``, ``n``, ``num_clients``, ``data_seed``, ``idx_images``, ``idx_labels``,
+    ``m``, ``L``, ``tau``, ``batch_size``, ``rounds``, ``eval_every``, ``seeds``, ``prox_mu``);
+    the step is ``c * unit / m`` at each of the ``tau`` local steps (:func:`step_unit`).
+    Minibatch SGD takes one step a round, of the same size, on a minibatch of ``tau * b`` per
+    client: the same gradients a round as Local SGD (equal computation); where the
+    smallest client holds fewer than ``tau * b`` samples, the minibatch is that many."""
+    m = setup["m"] if m is None else m
+    tau, b = setup["tau"], setup["batch_size"]
+    one_step = algorithm == "minibatch_sgd"
+    if one_step:  # tau * b, or the smallest client's whole data where that is fewer samples
+        probe = experiments.Experiment(
+            dataset=setup["dataset"], n=setup["n"], num_clients=setup["num_clients"],
+            partition=partition, alpha=alpha, data_seed=setup["data_seed"],
+            idx_images=setup.get("idx_images") or None,
+            idx_labels=setup.get("idx_labels") or None, algorithm="local_gd")
+        smallest = int(experiments.load_data(probe)[0].sizes.min())
+    return experiments.Experiment(
+        dataset=setup["dataset"], n=setup["n"], num_clients=setup["num_clients"],
+        partition=partition, alpha=alpha, data_seed=setup["data_seed"],
+        idx_images=setup.get("idx_images") or None, idx_labels=setup.get("idx_labels") or None,
+        m=m, L=setup["L"], algorithm=algorithm, rounds=setup["rounds"],
+        tau=1 if one_step else tau, batch_size=min(tau * b, smallest) if one_step else b,
+        eta=c * unit / m, eta_rule="fixed",
+        eval_every=setup["eval_every"], metrics=metrics, seeds=setup["seeds"],
+        prox_mu=setup["prox_mu"] if algorithm == "fedprox" else 0.0)
+
+
+def digits(exp, points: int = 0) -> tuple:
+    """``(test labels (P,), test inputs (P, d))``: the first ``points`` test samples of ``exp``'s
+    data (all of them for 0)."""
+    _, test, _ = experiments.load_data(exp)
+    P = points or len(test.labels)
+    return test.labels[:P], test.x[:P]
+
+
+def accuracy(outputs, labels) -> np.ndarray:
+    """The fraction of rows whose largest output is the label: ``outputs: (..., P, d_out)``,
+    ``labels: (P,)`` -> ``(...)``."""
+    return np.mean(np.argmax(np.asarray(outputs), axis=-1) == np.asarray(labels), axis=-1)
+
+
+def kernel_accuracy(pred, labels) -> np.ndarray:
+    """The kernel model's test accuracy at every record, ``(S, E)``, from a prediction whose
+    probe points are the test set (labels ``(P,)``)."""
+    return accuracy(pred.outputs[:, :, pred.n_train:], labels)
+
+
+def rounds_to(result, eps: float) -> np.ndarray:
+    """Per seed, communication rounds until the training loss is at most ``eps`` (interpolated,
+    inf if never), ``(S,)``."""
+    return analysis.iterations_to(result.rounds, np.asarray(result.metrics["loss"]), eps)
+
+
+def kernel_rounds_to(pred, eps: float) -> np.ndarray:
+    """The kernel model's rounds to ``eps`` per seed, ``(S,)``."""
+    return analysis.iterations_to(pred.rounds, pred.loss, eps)
+
+
+def grid_checks(results: Mapping, preds: Mapping, labels, eps: float) -> list[Check]:
+    """The checks of the theorems'-step runs ``{(partition, algorithm): Result}`` against their
+    kernel models ``{key: Prediction}`` (with the test set as probe points, labels ``(P,)``):
+    every local update below its critical step; every seed reaches ``eps``; the network's rounds
+    to ``eps`` within :data:`TOLERANCES` ``["iteration_ratio"]`` of its kernel model's (worst
+    run and seed); the final test accuracy of the network within ``["accuracy_gap"]`` of its
+    kernel model's (median over seeds, worst run)."""
+    if set(results) != set(preds) or not results:
+        raise ValueError("results and preds must hold the same non-empty set of runs")
+    crit = max(float(np.max(p.critical)) for p in preds.values())
+    misses = sum(int(np.sum(~np.isfinite(rounds_to(r, eps)))) for r in results.values())
+    ratios = np.concatenate([rounds_to(results[k], eps) / kernel_rounds_to(preds[k], eps)
+                             for k in results])
+    P = len(labels)
+    gaps = [abs(np.median(accuracy(results[k].metrics["test_outputs"][:, -1, :P], labels))
+                - np.median(kernel_accuracy(preds[k], labels)[:, -1])) for k in results]
+    lo, hi = TOLERANCES["iteration_ratio"].value
+    tol = TOLERANCES
+    return [
+        Check.at_most(r"largest \(\eta\,\lambda_{\max}(D_B^{1/2} G_{BB} D_B^{1/2})\) of a local "
+                      "update, every partition and algorithm", crit, tol["critical"].value,
+                      fmt=".3g", basis="theory"),
+        Check.at_most(rf"seeds that miss \(\varepsilon = {eps:g}\), every partition and algorithm",
+                      misses, 0, basis="theory"),
+        Check.between(r"network ÷ kernel-model rounds to \(\varepsilon\) (worst run and seed)",
+                      km._worst_ratio(ratios), lo, hi, fmt=".3g",
+                      basis=tol["iteration_ratio"].basis),
+        Check.at_most("|network − kernel-model final test accuracy| (median over seeds, worst "
+                      "run)", float(np.max(gaps)), tol["accuracy_gap"].value, fmt=".3g",
+                      basis=tol["accuracy_gap"].basis),
+    ]
+
+
+def verdict_checks(axis: km.WidthAxis, results: Mapping, preds: Mapping, labels,
+                   eps: float) -> list[Check]:
+    """Every check of the chapter: the width axis's shared checks (:func:`kernel_model.checks`
+    with :data:`TOLERANCES` ``["sqrt_m_distance"]``) and :func:`grid_checks`."""
+    return (km.checks(axis, TOLERANCES["sqrt_m_distance"], label="width axis")
+            + grid_checks(results, preds, labels, eps))
+
+
+def skews(setup: Mapping, partitions: Sequence) -> list[float]:
+    """The measured label skew (:func:`localsgd.data.label_skew`) of every ``(partition, alpha)``
+    of ``partitions`` on ``setup``'s training data."""
+    from .. import data
+
+    out = []
+    for scheme, alpha in partitions:
+        exp = experiment(setup, "local_sgd", scheme, alpha, 1.0)
+        _, _, labels = experiments.load_data(exp)
+        parts = data.partition(labels, exp.num_clients, scheme, alpha=alpha, seed=exp.data_seed)
+        out.append(data.label_skew(labels, parts))
+    return out
