@@ -258,13 +258,15 @@ def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
     keys = jnp.stack([jax.random.key_data(jax.random.key(exp.seed + s)) for s in range(exp.seeds)])
     keys = jax.vmap(jax.random.wrap_key_data)(keys)
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
-    return _init_stack(spec, init_keys), train_keys
+    return _init_stack(model.init, spec, init_keys), train_keys
 
 
-# compiled once per network shape: run eagerly, the vmapped draws cost seconds per new width
-@functools.partial(jax.jit, static_argnums=0)
-def _init_stack(spec: model.NetSpec, keys: jax.Array):
-    return jax.vmap(lambda k: model.init(k, spec))(keys)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_stack(init, spec: model.NetSpec, keys: jax.Array):
+    """``init(key, spec)`` of every key, compiled once per network shape (run eagerly, the
+    vmapped draws cost seconds per new width). ``init`` is a static argument, so that an
+    initialisation replaced at run time is compiled anew, never served from another's cache."""
+    return jax.vmap(lambda k: init(k, spec))(keys)
 
 
 def step_sizes(exp: Experiment, spec: model.NetSpec, params0, clients: dt.ClientData) -> np.ndarray:
