@@ -552,7 +552,7 @@ def label_skew(labels, parts: list[np.ndarray]) -> float:
     return float(np.mean(tv))
 
 
-_split = partition  # client_data's argument ``partition`` (a name) shadows the function
+_partition = partition  # client_data's argument ``partition`` (a name) shadows the function
 
 
 def client_data(
@@ -582,5 +582,5 @@ def client_data(
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape (n={x.shape[0]},), got shape {labels.shape}")
-    parts = _split(labels, num_clients, partition, alpha=alpha, seed=seed)
+    parts = _partition(labels, num_clients, partition, alpha=alpha, seed=seed)
     return to_clients(x, y, parts)
