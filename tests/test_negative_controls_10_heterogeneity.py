@@ -73,3 +73,7 @@ def test_negative_control_10_half_step(silently_wrong, models):
 
 def test_negative_control_10_no_averaging(silently_wrong, models):
     _fails("no_averaging", silently_wrong, models)
+
+
+def test_negative_control_10_one_local_step(silently_wrong, models):
+    _fails("one_local_step", silently_wrong, models)
