@@ -1,55 +1,79 @@
-"""Negative controls for chapter 10: the checks of ``localsgd.claims.heterogeneity`` hold on a
-small correct run and fail on a deliberately wrong one, built here (never offered by the API)."""
+"""Chapter 10's verdict (localsgd.claims.heterogeneity) on correct runs, built as the notebook
+builds them (:func:`localsgd.claims.heterogeneity.plan` from one base configuration, the kernel
+models of the runs' reported configurations, the same checks), and with every run silently wrong
+while reporting the requested configuration. Each wrong kind must make the verdict fail, not
+crash."""
 
 from __future__ import annotations
 
-import jax
+import numpy as np
 import pytest
 
-from localsgd import data, engine
-from localsgd import experiments as ex
+from localsgd import experiments, kernel
 from localsgd.claims import all_hold
 from localsgd.claims import heterogeneity as ch
 
-TAU, C, EPS = 4, 1.9, 0.01
-PARTITIONS = (("iid", 1.0), ("dirichlet", 1.0), ("shards", 1.0))
-BASE = ex.Experiment(dataset="sphere", n=32, d=32, d_out=4, num_clients=4, data_seed=2, m=128,
-                     L=1, algorithm="local_sgd", batch_size=2, tau=TAU, rounds=200, eval_every=5,
-                     seeds=3)
-
-
-def _runs():
-    exps = [BASE.replace(partition=s, alpha=a) for s, a in PARTITIONS]
-    shrinking = [ex.run(e.replace(eta=C / TAU), cache=False) for e in exps]
-    fixed = [ex.run(e.replace(eta=C), cache=False) for e in exps]
-    return shrinking, fixed
+BASE = experiments.Experiment(dataset="sphere", n=16, d=16, d_out=4, num_clients=4, data_seed=2,
+                              m=64, L=1, algorithm="local_sgd", batch_size=2, tau=4, rounds=200,
+                              eval_every=10, seeds=3)
+ALPHAS = [0.5]
+WIDTHS = [32, 64, 128]
+OTHERS = []
+C, PROX_MU, EPS = 1.9, 0.1, 0.01
+PARTS = ch.partitions(ALPHAS)
+PLAN = ch.plan(BASE, PARTS, WIDTHS, C, OTHERS, PROX_MU)
 
 
 @pytest.fixture(scope="module")
-def skews():
-    _, _, labels = ex.load_data(BASE)
-    return [data.label_skew(labels, data.partition(labels, 4, s, alpha=a, seed=2))
-            for s, a in PARTITIONS]
+def models(compile_cache):
+    """The kernel models of the planned runs, the infinite-width ones of the widest width and the
+    partitions' label skews: all from the requested configurations, which a wrong run reports
+    unchanged."""
+    # kernel.predict of each run, through predict_many: one kernel per width for every partition
+    preds = {"width": {}}
+    for m in WIDTHS:
+        keys = [(m, p) for p in PARTS]
+        preds["width"].update(zip(keys, kernel.predict_many([PLAN["width"][k] for k in keys])))
+    for arm in OTHERS:
+        preds[arm] = dict(zip(PARTS, kernel.predict_many([PLAN[arm][p] for p in PARTS])))
+    infinite = {p: kernel.predict(PLAN["width"][(max(WIDTHS), p)], "infinite") for p in PARTS}
+    return preds, infinite, ch.label_skews([PLAN["fixed"][p] for p in PARTS])
 
 
-def test_heterogeneity_checks_hold_on_a_correct_run(skews):
-    checks = ch.heterogeneity(skews, *_runs(), EPS)
-    assert all_hold(checks), [c for c in checks if not c.holds]
+def _checks(models):
+    """The notebook's verdict checks over freshly run experiments of :data:`PLAN`."""
+    preds, infinite, skew = models
+    runs = {arm: dict(zip(exps, experiments.run_grid(list(exps.values()), desc=arm)))
+            for arm, exps in PLAN.items()}
+    axis = ch.pooled_width_axis(runs["width"], preds["width"], EPS, bootstrap=200)
+    sk = ch.skew_axis(skew, runs["width"], preds["width"], infinite, bootstrap=200)
+    others_d = {a: (BASE.m, np.concatenate([kernel.distance(runs[a][p], preds[a][p], EPS)
+                                            for p in PARTS])) for a in OTHERS}
+    widest = [runs["width"][(int(axis.widest), p)] for p in PARTS]
+    return ch.heterogeneity(axis, sk, widest, EPS, others_d)
 
 
-def test_negative_control_10_heterogeneity_no_averaging(skews, monkeypatch,
-                                                         patched_engine_results):
-    # The server keeps client 0's model instead of averaging: on skewed clients it never learns
-    # the other clients' classes.
-    monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
-    monkeypatch.setattr(engine, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
-    checks = ch.heterogeneity(skews, *_runs(), EPS)
-    assert not all_hold(checks)
-    assert not checks[0].holds  # seeds that miss eps
+def test_heterogeneity_holds_on_correct_runs(models, tmp_results):
+    checks = _checks(models)
+    assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_heterogeneity_refuses_runs_of_other_steps(skews):
-    e = BASE.replace(rounds=5, eval_every=5, seeds=1)
-    runs = [ex.run(e.replace(partition=s, eta=C), cache=False) for s in ("iid", "shards")]
-    with pytest.raises(ValueError, match="divided by tau"):
-        ch.heterogeneity(skews[::2], runs, runs, EPS)
+def _fails(kind, wrong, models):
+    applied = wrong(kind)
+    checks = _checks(models)
+    assert applied and all(applied)
+    failing = [c.name for c in checks if not c.holds]
+    print(kind, "fails:", *failing, sep="\n  ")
+    assert not all_hold(checks), f"{kind}: every check held"
+
+
+def test_negative_control_10_half_step(silently_wrong, models):
+    _fails("half_step", silently_wrong, models)
+
+
+def test_negative_control_10_no_averaging(silently_wrong, models):
+    _fails("no_averaging", silently_wrong, models)
+
+
+def test_negative_control_10_one_local_step(silently_wrong, models):
+    _fails("one_local_step", silently_wrong, models)
