@@ -49,6 +49,9 @@ def test_negative_control_08_half_step(silently_wrong):
     _fails(silently_wrong, "half_step")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "one local step instead of tau = 2 changes these runs (L = 1, eta tau below the critical "
+    "step) less than the verdict resolves: every check still holds"))
 def test_negative_control_08_one_local_step(silently_wrong):
     _fails(silently_wrong, "one_local_step")
 
