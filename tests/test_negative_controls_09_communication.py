@@ -1,90 +1,77 @@
-"""Negative controls for chapter 09: the checks of ``localsgd.claims.communication`` hold on a
-small correct run and fail on deliberately wrong ones, built here (never offered by the API)."""
+"""Chapter 09's verdict (localsgd.claims.communication) on correct runs built as the notebook
+builds them (:func:`localsgd.claims.communication.plan`, small sizes), and with the two ``tau``
+sweeps run silently wrong while reporting the requested configuration: half the step, one local
+step instead of tau, no server average. Each must make the verdict fail, not crash; the other
+arms (equal computation, width axis) are the correct runs, and every kernel model comes from the
+configuration a run reports, which a wrong run does not change."""
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 import pytest
 
-from localsgd import engine, theory
-from localsgd import experiments as ex
 from localsgd.claims import all_hold
 from localsgd.claims import communication as cc
+from localsgd.claims import kernel_model as km
+from localsgd.experiments import Experiment, run_grid
 
-TAUS = (1, 8)
-TAU_CMP = 4  # equal computation: minibatch SGD's batch 2 * 4 is a client's whole data
-C = 1.5
 EPS = 0.01
-GRID = (0.5, 1.5)
-# With 8 samples a client, a client's local steps saturate sooner than in the chapter's runs, so
-# a fixed step saves less: the tests ask it to save 1.5 times more rounds, not 2.
-MIN_SAVING = 1.5
-BASE = ex.Experiment(dataset="sphere", n=16, d=16, num_clients=2, m=128, L=1,
-                     algorithm="local_sgd", batch_size=2, eval_every=5, rounds=100, seeds=3)
+BASE = Experiment(dataset="sphere", n=16, d=16, num_clients=2, data_seed=0, m=128, L=1,
+                  algorithm="local_sgd", batch_size=2, eval_every=5, eta_rule="ntk", seeds=2)
+PLAN = cc.plan(BASE, taus=[1, 4], c=0.7, rounds_shrinking=250, rounds_fixed=[250, 100], tau_cmp=4,
+               step_grid=[0.7], rounds_cmp=250, widths=[64, 128, 256])
+SWEEPS = ("shrinking", "fixed")
 
 
-def _sweeps():
-    shrinking = {t: ex.run(BASE.replace(tau=t, eta=C / t), cache=False) for t in TAUS}
-    fixed = {t: ex.run(BASE.replace(tau=t, eta=C), cache=False) for t in TAUS}
-    return shrinking, fixed
+def _run(arms):
+    return {arm: dict(zip(PLAN[arm], run_grid(list(PLAN[arm].values()), desc=arm)))
+            for arm in arms}
 
 
-def _local_grid():
-    return [ex.run(BASE.replace(tau=TAU_CMP, eta=s), cache=False) for s in GRID]
-
-
-def _lam_ratio():
-    clients, _, _ = ex.load_data(BASE)
-    spec = BASE.net_spec(clients.x.shape[-1], clients.y.shape[-1])
-    params0, _ = ex.init_params(BASE, spec)
-    x = clients.x[clients.mask > 0]
-    lo, hi = jax.vmap(lambda p: theory.gram_extremes(spec, p, x))(params0)
-    return float(np.median(lo / hi))
+def _checks(runs):
+    preds = cc.predictions(runs)
+    axis = km.width_axis(runs["width"], preds["width"], EPS)
+    return cc.communication(runs, preds, axis, EPS)
 
 
 @pytest.fixture(scope="module")
-def correct():
-    mb = [ex.run(BASE.replace(algorithm="minibatch_sgd", batch_size=2 * TAU_CMP, eta=s),
-                 cache=False) for s in GRID]
-    return (*_sweeps(), _local_grid(), mb, _lam_ratio())
+def correct(tmp_path_factory, compile_cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOCALSGD_RESULTS", str(tmp_path_factory.mktemp("results")))
+        return _run(cc.ARMS)
 
 
-def _checks(shrinking, fixed, local, mb, lam_ratio):
-    return cc.communication(shrinking, fixed, local, mb, EPS, lam_ratio, min_saving=MIN_SAVING)
+def test_communication_holds_on_correct_runs(correct):
+    checks = _checks(correct)
+    assert all_hold(checks), [(c.name, c.measured) for c in checks if not c.holds]
 
 
-def test_communication_checks_hold_on_a_correct_run(correct):
-    checks = _checks(*correct)
-    assert all_hold(checks), [c for c in checks if not c.holds]
+def _fails(kind, wrong, correct):
+    applied = wrong(kind)
+    checks = _checks({**correct, **_run(SWEEPS)})
+    assert applied and any(applied)
+    failing = [(c.name, c.measured) for c in checks if not c.holds]
+    print(kind, "fails:", *failing, sep="\n  ")
+    assert not all_hold(checks), f"{kind}: every check held"
 
 
-def test_negative_control_09_communication_no_averaging(correct, monkeypatch,
-                                                        patched_engine_results):
-    # The server keeps client 0's model instead of averaging: the clients never combine.
-    monkeypatch.setattr(engine, "layout_for", lambda config: "vmap")  # server step: _average
-    monkeypatch.setattr(engine, "_average", lambda w, trees: jax.tree.map(lambda a: a[0], trees))
-    shrinking, fixed = _sweeps()
-    checks = _checks(shrinking, fixed, *correct[2:])
-    assert not all_hold(checks)
-    assert not checks[0].holds  # runs that miss eps
+def test_negative_control_09_half_step(silently_wrong, correct):
+    _fails("half_step", silently_wrong, correct)
 
 
-def test_negative_control_09_communication_mis_tuned_local_sgd(correct, monkeypatch):
-    # Local SGD's runs take a step 16 times smaller than the grid value they are recorded under,
-    # so it is compared untuned with a tuned minibatch SGD: the comparison flips.
-    step = theory.ntk_step_size
-    monkeypatch.setattr(theory, "ntk_step_size", lambda spec, p, x, scale: step(spec, p, x,
-                                                                                 scale / 16))
-    local = _local_grid()
-    checks = _checks(correct[0], correct[1], local, correct[3], correct[4])
-    assert not all_hold(checks)
-    assert not checks[-1].holds  # Local SGD / minibatch SGD, each "tuned"
+def test_negative_control_09_one_local_step(silently_wrong, correct):
+    _fails("one_local_step", silently_wrong, correct)
+
+
+def test_negative_control_09_no_averaging(silently_wrong, correct):
+    _fails("no_averaging", silently_wrong, correct)
+
+
+def test_plan_refuses_a_tau_cmp_outside_taus():
+    with pytest.raises(ValueError, match="tau_cmp"):
+        cc.plan(BASE, [1, 4], 0.8, 10, [10, 10], 2, [0.7], 10, [64, 128, 256])
 
 
 def test_communication_refuses_a_shrinking_sweep_whose_eta_tau_varies(correct):
-    shrinking, fixed = correct[0], correct[1]
+    runs = {**correct, "shrinking": correct["fixed"]}
     with pytest.raises(ValueError, match="eta \\* tau"):
-        cc.communication(fixed, fixed, correct[2], correct[3], EPS, correct[4])
-    with pytest.raises(ValueError, match="same step grid"):
-        cc.communication(shrinking, fixed, correct[2][:1], correct[3], EPS, correct[4])
+        cc.communication(runs, {}, None, EPS)
