@@ -263,9 +263,8 @@ def init_params(exp: Experiment, spec: model.NetSpec) -> tuple[Any, jax.Array]:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _init_stack(init, spec: model.NetSpec, keys: jax.Array):
-    """``init(key, spec)`` of every key, compiled once per network shape (run eagerly, the
-    vmapped draws cost seconds per new width). ``init`` is a static argument, so that an
-    initialisation replaced at run time is compiled anew, never served from another's cache."""
+    """``init(key, spec)`` of every key, compiled once per network shape; ``init`` is static, so
+    that an initialisation replaced at run time is compiled anew, never served from the cache."""
     return jax.vmap(lambda k: init(k, spec))(keys)
 
 
