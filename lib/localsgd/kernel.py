@@ -378,6 +378,25 @@ def _grams(spec, params0, x_rows, x_train, kind):
             yield np.asarray(_cross_gram(spec, p, xr, xt))
 
 
+def _prediction_rows(x_train, probe):
+    """The prediction points: the ``N`` training points, then the ``probe: (P, d)`` points if
+    any; ValueError naming ``probe`` for another shape."""
+    if probe is None:
+        return x_train
+    probe = np.asarray(probe, np.float64)
+    if probe.ndim != 2 or probe.shape[1] != x_train.shape[1]:
+        raise ValueError(f"probe must have shape (P, d={x_train.shape[1]}), got {probe.shape}")
+    return np.concatenate([x_train, probe])
+
+
+def _initial_params(exp, spec):
+    """Every seed's initialisation as the run holds it (in ``exp.dtype``) and its training key."""
+    params0, keys = experiments.init_params(exp, spec)
+    with engine.precision(exp.run_config()):
+        params0 = jax.tree.map(lambda a: np.asarray(a.astype(exp.dtype)), params0)
+    return params0, keys
+
+
 class SeedProblem(NamedTuple):
     """One seed of an experiment as the recursion sees it: ``problem`` (:class:`Problem`), the
     step size ``eta`` (a float) and, for a stochastic algorithm, the minibatch rows the engine
@@ -414,15 +433,9 @@ def _seed_problems(exp, kind, probe):
     x_train = np.asarray(clients.x)[mask > 0]
     y = np.asarray(clients.y, np.float64)[mask > 0]
     spec = exp.net_spec(x_train.shape[1], y.shape[1])
-    if probe is not None:
-        probe = np.asarray(probe, np.float64)
-        if probe.ndim != 2 or probe.shape[1] != x_train.shape[1]:
-            raise ValueError(f"probe must have shape (P, d={x_train.shape[1]}), got {probe.shape}")
-    x_rows = x_train if probe is None else np.concatenate([x_train, probe])
+    x_rows = _prediction_rows(x_train, probe)
     cfg = exp.run_config()
-    params0, keys = experiments.init_params(exp, spec)
-    with engine.precision(cfg):
-        params0 = jax.tree.map(lambda a: np.asarray(a.astype(exp.dtype)), params0)
+    params0, keys = _initial_params(exp, spec)
     etas = experiments.step_sizes(exp, spec, params0, clients)
     u0 = _initial_outputs(spec, params0, x_rows)
     stochastic = algs.get(exp.algorithm).stochastic
@@ -488,16 +501,10 @@ def predict_many(exps, kind: str = "empirical", probe=None) -> list[Prediction]:
     y[orders[0]] = np.asarray(data[0].y, np.float64)[masks[0] > 0]
     N = x_train.shape[0]
     spec = ref.net_spec(x_train.shape[1], y.shape[1])
-    if probe is not None:
-        probe = np.asarray(probe, np.float64)
-        if probe.ndim != 2 or probe.shape[1] != x_train.shape[1]:
-            raise ValueError(f"probe must have shape (P, d={x_train.shape[1]}), got {probe.shape}")
-    x_rows = x_train if probe is None else np.concatenate([x_train, probe])
+    x_rows = _prediction_rows(x_train, probe)
     # every experiment's rows: its training points in its client order, then the probe points
     rows = [np.concatenate([o, np.arange(N, x_rows.shape[0])]) for o in orders]
-    params0, keys = experiments.init_params(ref, spec)
-    with engine.precision(ref.run_config()):
-        params0 = jax.tree.map(lambda a: np.asarray(a.astype(ref.dtype)), params0)
+    params0, keys = _initial_params(ref, spec)
     etas = [experiments.step_sizes(e, spec, params0, c) for e, c in zip(exps, data)]
     u0 = _initial_outputs(spec, params0, x_rows)
     outs, sharp = [[] for _ in exps], [[] for _ in exps]
