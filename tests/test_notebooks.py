@@ -82,28 +82,7 @@ def _check_glued(stem: str, executed: Path, results: Path) -> None:
         assert path.exists(), f"{stem}: figure {name} was glued without being measured"
 
 
-# Chapters whose figures do not pass the figure checks yet: each chapter's own figures are
-# fixed in that chapter; remove a chapter here once its figures pass (the mark is strict).
-FIGURE_FAILURES: dict[str, str] = {
-    "01_setting": "fig_forward: the legend covers a tick label of panel 2's y axis",
-    "02_gradient_dominance": "fig_kernel: the legend covers a tick label of panel 2's y axis",
-    "04_local_gd": "fig_width: the legend covers a tick label of panel 2",
-    "07_polynomial_time": "fig_poly_limit: the legend covers a tick label of panel 2; panels 2 "
-                          "and 3 have no y label",
-    "10_heterogeneity": "fig_het_rate: the legend covers a tick label of panel 2's y axis",
-}
-
-
-def _figure_case(path: Path):
-    reason = FIGURE_FAILURES.get(path.stem)
-    marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-    return pytest.param(path, id=path.stem, marks=marks)
-
-
-FIGURE_CASES = [_figure_case(p) for p in NOTEBOOKS] or [NO_NOTEBOOKS]
-
-
-@pytest.mark.parametrize("notebook", FIGURE_CASES)
+@pytest.mark.parametrize("notebook", CASES)
 def test_every_figure_is_legible_with_legends_off_the_data_and_every_axis_labelled(
     notebook: Path,
 ) -> None:

@@ -104,6 +104,25 @@ def test_a_legend_below_the_panels_clear_of_their_labels_is_clean():
     plt.close(fig)
 
 
+def test_a_tick_label_outside_the_view_is_not_covered_by_a_legend_below_the_panels():
+    fig, axes = plotting.figure(ncols=2, height=4.0)
+    x = np.array([64.0, 128.0, 256.0, 512.0, 1024.0])
+    for ax in axes:
+        ax.plot(x, 0.9 * x**-0.5, "o-", label="a curve whose label is long enough to span")
+        ax.plot(x, 0.5 * x**-0.5, "s-", label="a second curve with a long legend entry")
+        plotting.log_axes(ax, x, base=2)
+        plotting.label(ax, "width $m$", "deviation", legend=False)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    fig.canvas.draw()
+    low, _ = axes[1].get_ylim()
+    hidden = [t for t in axes[1].get_yticklabels() if t.get_position()[1] < low]
+    assert hidden, "the log axis should place a tick below its view, as Matplotlib does"
+    assert plotting.overlaps(fig) == []
+    axes[1].legend(loc="center")  # on the curves: still found
+    assert any(f.startswith("panel 2: the legend covers") for f in plotting.overlaps(fig))
+    plt.close(fig)
+
+
 def test_every_panel_with_ticks_needs_its_axis_labels():
     fig, axes = plotting.figure(ncols=2, sharey=True)
     for ax in axes:

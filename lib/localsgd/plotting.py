@@ -115,10 +115,18 @@ def unlabelled_axes(fig) -> list[str]:
     out = []
     for i, ax in enumerate(_panels(fig), start=1):
         for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            ticks = [t for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
-            if ticks and axis.get_visible() and not axis.get_label_text().strip():
+            if (_drawn_tick_labels(axis) and axis.get_visible()
+                    and not axis.get_label_text().strip()):
                 out.append(f"panel {i}: the {name} axis has no label")
     return out
+
+
+def _drawn_tick_labels(axis) -> list:
+    """The tick labels that ``axis`` draws, major and minor, with text. ``Axis.get_ticklabels``
+    also returns the labels of ticks that the locator placed outside the view limits (a log
+    axis's next decade): those are never drawn, but sit where a legend below the panels is."""
+    return [t.label1 for t in axis._update_ticks()
+            if t.label1.get_visible() and t.label1.get_text().strip()]
 
 
 def _shrunk(bbox, by: float):
@@ -225,7 +233,7 @@ def overlaps(fig) -> list[str]:
                 out += [f"panel {i}: the legend covers {_name(a)}" for a in data
                         if a.get_visible() and _artist_hits(a, inside, fig)]
             texts = [*ax.texts, ax.xaxis.label, ax.yaxis.label, ax.title,
-                     *ax.get_xticklabels(), *ax.get_yticklabels()]
+                     *_drawn_tick_labels(ax.xaxis), *_drawn_tick_labels(ax.yaxis)]
             out += [f"panel {i}: the legend covers the text {t.get_text()!r}" for t in texts
                     if t.get_visible() and t.get_text().strip()
                     and _area(box, t.get_window_extent(renderer)) > 1.0]
