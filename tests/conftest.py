@@ -15,11 +15,16 @@ def pytest_configure(config):
     """One persistent compilation cache for the whole test run (``.pytest_cache/jax``), shared by
     the workers and by the notebooks' kernels (which inherit the environment): the smoke runs,
     the negative controls and the library tests compile many identical programs, and a cached
-    program is looked up by its own text, so only an identical program is ever served. A cache
-    folder already named in ``JAX_COMPILATION_CACHE_DIR`` is kept."""
+    program is looked up by its own text, so only an identical program is ever served (a
+    negative control's wrong run, traced from a patched engine, compiles its own). Every program
+    goes in, however fast it compiles: most are small (0.1-0.2 s), and JAX's default threshold of
+    one second would leave them out, so that each test compiled them again. A cache folder
+    already named in ``JAX_COMPILATION_CACHE_DIR`` is kept."""
     path = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                                  str(Path(config.rootpath) / ".pytest_cache" / "jax"))
+    least = os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(least))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,26 +44,6 @@ def tmp_results(tmp_path, monkeypatch):
     """Results (cache entries, checkpoints, verdicts) in a temporary folder."""
     monkeypatch.setenv("LOCALSGD_RESULTS", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """JAX's persistent compilation cache in a temporary folder for the tests of one module, so
-    that a program is compiled once per module, not once per test. A cached program is looked up
-    by its own text, so a program traced from a patched engine (a negative control's wrong run)
-    can serve only the identical program; :func:`patched_engine_results` still clears the
-    in-memory caches around every test. The settings before the module are restored after it."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    before = (jax.config.jax_compilation_cache_dir,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture

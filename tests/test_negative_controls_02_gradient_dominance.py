@@ -147,7 +147,6 @@ def _training_checks():
     return gd.training_checks(stats, km.width_axis(results, km.predictions(results)), TRAIN["n"])
 
 
-@pytest.mark.usefixtures("compile_cache")
 def test_training_checks_hold_on_correct_runs(patched_engine_results):
     checks = _training_checks()
     assert all_hold(checks), _failing(checks)
@@ -162,21 +161,17 @@ def _wrong_training(silently_wrong, kind):
     assert any(r"\(\sqrt{m}\,D\)" in name for name in failing), failing
 
 
-@pytest.mark.usefixtures("compile_cache")
 def test_negative_control_02_half_step(silently_wrong):
     _wrong_training(silently_wrong, "half_step")
 
 
-@pytest.mark.usefixtures("compile_cache")
 def test_negative_control_02_one_local_step(silently_wrong):
     _wrong_training(silently_wrong, "one_local_step")
 
 
-@pytest.mark.usefixtures("compile_cache")
 def test_negative_control_02_no_averaging(silently_wrong):
     _wrong_training(silently_wrong, "no_averaging")
 
 
-@pytest.mark.usefixtures("compile_cache")
 def test_negative_control_02_quarter_width(silently_wrong):
     _wrong_training(silently_wrong, "quarter_width")

@@ -34,7 +34,7 @@ def _checks(runs):
 
 
 @pytest.fixture(scope="module")
-def correct(tmp_path_factory, compile_cache):
+def correct(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOCALSGD_RESULTS", str(tmp_path_factory.mktemp("results")))
         return _run(cc.ARMS)

@@ -25,7 +25,7 @@ PLAN = ch.plan(BASE, PARTS, WIDTHS, C, OTHERS, PROX_MU)
 
 
 @pytest.fixture(scope="module")
-def models(compile_cache):
+def models():
     """The kernel models of the planned runs, the infinite-width ones of the widest width and the
     partitions' label skews: all from the requested configurations, which a wrong run reports
     unchanged."""

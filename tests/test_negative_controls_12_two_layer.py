@@ -8,13 +8,9 @@ change them."""
 
 from __future__ import annotations
 
-import pytest
-
 from localsgd import experiments
 from localsgd.claims import all_hold
 from localsgd.claims import two_layer as claims
-
-pytestmark = pytest.mark.usefixtures("compile_cache")
 
 WIDTHS = (64, 256, 1024)
 PARAMS = dict(n=16, d=16, num_clients=2, tau=4, rounds=80, eta=0.2, batch_size=4, eval_every=4,

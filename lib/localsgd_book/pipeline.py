@@ -190,9 +190,14 @@ def execute(
         "LOCALSGD_PROFILE": profile,
         "LOCALSGD_NOTEBOOK": "",
         "JUPYTER_PREFER_ENV_PATH": "1",
-        # JAX's persistent compilation cache: a rebuilt book skips recompiling unchanged programs.
+        # JAX's persistent compilation cache: a rebuilt book skips recompiling unchanged programs,
+        # and the chapters share the programs they have in common. Every program goes in, however
+        # fast it compiles: the chapters' programs are many and small (0.1-0.2 s each), and JAX's
+        # default (1 s) would leave almost all of them out.
         "JAX_COMPILATION_CACHE_DIR": os.environ.get(
             "JAX_COMPILATION_CACHE_DIR", str(Path(results).resolve() / "jax-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": os.environ.get(
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
     }
     repo_url, branch = tidy.repository(lay.root / "_config.yml")
     with _environ(**env):
