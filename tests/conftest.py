@@ -127,6 +127,27 @@ def silently_wrong(monkeypatch, patched_engine_results):
     return wrong
 
 
+@pytest.fixture
+def wrong_verdict(silently_wrong):
+    """``wrong_verdict(kind, checks_of, every_run=True)``: with every run silently ``kind``
+    (:func:`silently_wrong`), builds the chapter's checks (``checks_of()``) and asserts that the
+    wrong run applied (to every run, or to at least one when ``every_run`` is False) and that the
+    verdict does not hold; prints the failing checks and returns the checks."""
+    from localsgd.claims import all_hold
+
+    def check(kind, checks_of, every_run=True):
+        applied = silently_wrong(kind)
+        checks = checks_of()
+        assert applied and (all(applied) if every_run else any(applied)), \
+            f"{kind} did not apply to {'every' if every_run else 'any'} run"
+        print(kind, "fails:", *(f"{c.name}: {c.measured}" for c in checks if not c.holds),
+              sep="\n  ")
+        assert not all_hold(checks), f"{kind}: every check held"
+        return checks
+
+    return check
+
+
 # --------------------------------------------------------------------------------------------
 # a tiny book: notebooks and profiles in a temporary root, for the pipeline and records tests
 
