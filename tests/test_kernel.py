@@ -372,3 +372,43 @@ def test_predictions_of_several_splits_share_one_kernel():
             np.testing.assert_allclose(got.outputs[s], want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="m"):
         kernel.predict_many([base, base.replace(m=64)])
+
+
+@pytest.mark.parametrize("alg", ["local_gd", "local_sgd", "gd", "minibatch_sgd", "fedprox",
+                                 "scaffold", "local_sgd_momentum"])
+def test_weight_space_gives_the_function_space_outputs(alg):
+    a = algorithms.get(alg)
+    exp = experiments.Experiment(dataset="digits", n=24, num_clients=3, m=16, L=2, algorithm=alg,
+                                 partition="dirichlet", alpha=0.5, tau=1 if a.one_step else 3,
+                                 batch_size=2 if a.stochastic else None, eta=0.3,
+                                 eta_rule="fixed", rounds=4, eval_every=2, seeds=2)
+    _, test, _ = experiments.load_data(exp)
+    probe = np.asarray(test.x[:5], np.float64)
+    fun = kernel.predict(exp, probe=probe, space="function")
+    wts = kernel.predict(exp, probe=probe, space="weight")
+    assert np.abs(fun.outputs[:, -1] - fun.outputs[:, 0]).max() > 1e-3  # the outputs move
+    np.testing.assert_allclose(wts.outputs, fun.outputs, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(wts.sharpness, fun.sharpness, rtol=1e-8)
+    [many] = kernel.predict_many([exp], probe=probe, space="weight")
+    np.testing.assert_allclose(many.outputs, fun.outputs, rtol=1e-9, atol=1e-11)
+    seed = kernel.problems(exp, probe=probe, space="weight")[0]
+    cfg = exp.run_config()
+    _, ws = kernel.trajectory(cfg, seed.problem, seed.eta, seed.batches, local=True,
+                              spec=seed.spec)
+    _, fs = kernel.trajectory(cfg, kernel.problems(exp, probe=probe)[0].problem, seed.eta,
+                              seed.batches, local=True)
+    np.testing.assert_allclose(ws, fs, rtol=1e-9, atol=1e-11)
+
+
+def test_space_is_checked_and_chosen_by_the_kernel_size():
+    assert kernel.space_for("auto", "empirical", 300, 200, 10) == "function"
+    assert kernel.space_for("auto", "empirical", 1200, 1000, 10) == "weight"
+    assert kernel.space_for("auto", "infinite", 1200, 1000, 10) == "function"
+    with pytest.raises(ValueError, match="space"):
+        kernel.space_for("params", "empirical", 1, 1, 1)
+    with pytest.raises(ValueError, match="kind='empirical'"):
+        kernel.space_for("weight", "infinite", 1, 1, 1)
+    exp = tiny()
+    with pytest.raises(ValueError, match="spec"):
+        seed = kernel.problems(exp, space="weight")[0]
+        kernel.trajectory(exp.run_config(), seed.problem, seed.eta, seed.batches)

@@ -96,6 +96,13 @@ def problem(gram, u0, y, mask, order=None) -> Problem:
         raise ValueError(
             f"gram must have shape (M={M}, N={N}) or (M, d_out={d_out}, N, d_out), "
             f"got {gram.shape}")
+    return Problem(cols, u0, y, *_split(mask, order))
+
+
+def _split(mask, order):
+    """``(pos, mask, weight)`` of :class:`Problem` for the clients' ``mask: (K, n_max)`` whose real
+    rows are the training points in order, or ``order[0], order[1], ...``."""
+    N = int(mask.sum())
     pos = np.where(mask > 0, np.cumsum(mask.ravel()).reshape(mask.shape) - 1, 0).astype(np.int32)
     if order is not None:
         order = np.asarray(order)
@@ -103,7 +110,25 @@ def problem(gram, u0, y, mask, order=None) -> Problem:
             raise ValueError(f"order must be a permutation of the N={N} training points, got "
                              f"shape {order.shape}")
         pos = np.where(mask > 0, order[pos], 0).astype(np.int32)
-    return Problem(cols, u0, y, pos, mask, mask.sum(axis=1) / N)
+    return pos, mask, mask.sum(axis=1) / N
+
+
+def linearised(params, x, y, mask, spec: model.NetSpec, order=None) -> Linearised:
+    """A :class:`Linearised` network: the initialisation ``params`` (``{"trainable", "fixed"}``
+    of ``spec``), the prediction points ``x: (M, d)`` (the ``N`` training points first, in the
+    order :func:`problem` describes), their targets ``y: (N, d_out)`` and the clients'
+    ``mask: (K, n_max)`` (and ``order``) as in :func:`problem`. Everything float64."""
+    mask = np.asarray(mask, np.float64)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    N = int(mask.sum())
+    if y.ndim != 2 or y.shape != (N, spec.d_out):
+        raise ValueError(f"y must have shape (N={N}, d_out={spec.d_out}), got {y.shape}")
+    if x.ndim != 2 or x.shape[0] < N or x.shape[1] != spec.d:
+        raise ValueError(f"x must have shape (M >= {N}, d={spec.d}), got {x.shape}")
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        u0 = np.asarray(_apply(spec, p64, jnp.asarray(x)))
+    return Linearised(p64, x, u0, y, *_split(mask, order))
 
 
 def _pooled(prob: Problem) -> Problem:
@@ -133,22 +158,80 @@ def _batches(prob: Problem, stochastic: bool, full_cols, idx):
     return rows, prob.cols[rows], jnp.full(rows.shape, 1.0 / idx.shape[1])
 
 
-@partial(jax.jit, static_argnums=(0, 4))
-def _trajectory(cfg: RunConfig, prob: Problem, eta, batches, local: bool):
+class Linearised(NamedTuple):
+    """The linearised network itself, for the recursion in weight space (:func:`trajectory`
+    with ``spec``), float64: the same fields as :class:`Problem` with ``params: {"trainable",
+    "fixed"}`` the initialisation and ``x: (M, d)`` the prediction points (the ``N`` training
+    points first) in place of the kernel ``cols``. A step moves the trained weights by
+    ``-eta J_0^T r`` and the outputs are ``u_0 + J_0 (W - W_0)``: the same outputs as the
+    recursion in function space, at the cost of a few passes of the network over each batch
+    instead of a kernel of ``M N d_out^2`` entries."""
+
+    params: dict
+    x: jax.Array
+    u0: jax.Array
+    y: jax.Array
+    pos: jax.Array
+    mask: jax.Array
+    weight: jax.Array
+
+
+def _function_space(prob: Problem, stochastic: bool):
+    """The recursion on the outputs: ``(W0, grads(Ws, idx), readout(W))`` with ``W = (u,)``,
+    ``u: (M, d_out)``; ``grads`` takes every client's ``Ws`` (leading axis ``K``) and returns
+    the images ``J_0 g`` of their gradients."""
+    full_cols = None if stochastic else prob.cols[prob.pos]
+    image = jax.vmap(partial(_image, y=prob.y))
+
+    def grads(Ws, idx):
+        rows, C, w = _batches(prob, stochastic, full_cols, idx)
+        return (image(C, Ws[0], rows, w),)
+
+    return (prob.u0,), grads, lambda W: W[0]
+
+
+def _weight_space(prob: Linearised, stochastic: bool, spec):
+    """The recursion on the trained weights' move ``W - W_0`` of the linearised network (see
+    :func:`_function_space`): ``grads`` returns ``J_0^T (w r)`` on each client's rows and
+    ``readout`` the outputs ``u_0 + J_0 (W - W_0)`` at the ``M`` prediction points."""
+    fixed, theta0 = prob.params["fixed"], tuple(prob.params["trainable"])
+    feats = model.features(spec, fixed, prob.x)
+
+    def lin(rows):  # the linearisation at rows: outputs at W_0 and u -> J_0 u
+        return jax.linearize(lambda th: model.forward(spec, th, fixed, feats[rows]), theta0)
+
+    def grad(W, rows, w):
+        u, jvp = lin(rows)
+        r = (u + jvp(W) - prob.y[rows]) * w[:, None]
+        return jax.linear_transpose(jvp, theta0)(r)[0]
+
+    def grads(Ws, idx):
+        if stochastic:
+            rows = jnp.take_along_axis(prob.pos, idx, axis=1)
+            w = jnp.full(rows.shape, 1.0 / idx.shape[1])
+        else:
+            rows, w = prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
+        return jax.vmap(grad)(Ws, rows, w)
+
+    def readout(W):
+        u, jvp = lin(jnp.arange(prob.x.shape[0]))
+        return u + jvp(W)
+
+    return jax.tree.map(jnp.zeros_like, theta0), grads, readout
+
+
+@partial(jax.jit, static_argnums=(0, 4, 5))
+def _trajectory(cfg: RunConfig, prob, eta, batches, local: bool, spec=None):
     alg = algs.get(cfg.algorithm)
     if alg.pooled:
         prob = _pooled(prob)
     K = prob.mask.shape[0]
-    full_cols = None if alg.stochastic else prob.cols[prob.pos]
-    image = jax.vmap(partial(_image, y=prob.y))
+    W0, grads, readout = (_function_space(prob, alg.stochastic) if spec is None
+                          else _weight_space(prob, alg.stochastic, spec))
+    per_k = jax.vmap(readout)
 
-    def grads(us, idx):  # us: (K, M, d_out) -> every client's (J g,)
-        rows, C, w = _batches(prob, alg.stochastic, full_cols, idx)
-        return image(C, us, rows, w)
-
-    def start(ubar):
-        W = (ubar,)
-        return W if alg.optimizer is None else (W, alg.optimizer(eta, cfg).init(W))
+    def start(Wbar):
+        return Wbar if alg.optimizer is None else (Wbar, alg.optimizer(eta, cfg).init(Wbar))
 
     def model_of(carry):
         return carry if alg.optimizer is None else carry[0]
@@ -161,13 +244,18 @@ def _trajectory(cfg: RunConfig, prob: Problem, eta, batches, local: bool):
         return tuple(alg.client_update(eta, cfg, W_l, g_l, None if ctx is None else ctx[l])
                      for l, (W_l, g_l) in enumerate(zip(carry, g)))
 
+    def broadcast(tree):
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (K,) + a.shape), tree)
+
+    def average(Ws):
+        return jax.tree.map(lambda a: jnp.tensordot(prob.weight, a, axes=1), Ws)
+
     def one_round(c, batch):  # batch: (tau, K, b) minibatch rows, or None
-        ubar, states = c
+        Wbar, states = c
         if alg.server_gradient:
-            g = grads(jnp.broadcast_to(ubar, (K,) + ubar.shape), batch[0])
-            new = ubar - eta * jnp.tensordot(prob.weight, g, axes=1)
-            return (new, states), (jnp.broadcast_to(new, (K,) + new.shape) if local else None)
-        Wbar = (ubar,)
+            g = average(grads(broadcast(Wbar), batch[0]))
+            new = jax.tree.map(lambda w, gl: w - eta * gl, Wbar, g)
+            return (new, states), (broadcast(new) if local else None)
         server = None if alg.server_state is None else alg.server_state(prob.weight, states)
         per_client = alg.client_context is not None and states is not None
         if alg.client_context is None:
@@ -178,41 +266,41 @@ def _trajectory(cfg: RunConfig, prob: Problem, eta, batches, local: bool):
             ctx = alg.client_context(Wbar, None, server)
 
         def step(carries, idx):
-            g = grads(model_of(carries)[0], idx)
+            g = grads(model_of(carries), idx)
             return jax.vmap(client_step, in_axes=(0, 0, 0 if per_client else None))(
-                carries, (g,), ctx), None
+                carries, g, ctx), None
 
-        carries = jax.tree.map(lambda a: jnp.broadcast_to(a, (K,) + a.shape), start(ubar))
-        carries, _ = jax.lax.scan(step, carries, batch, length=cfg.tau)
+        carries, _ = jax.lax.scan(step, broadcast(start(Wbar)), batch, length=cfg.tau)
         Ws = model_of(carries)
-        new = jnp.tensordot(prob.weight, Ws[0], axes=1)
+        new = average(Ws)
         if alg.stateful:
             states = jax.vmap(lambda Wk, sk: alg.finish(eta, cfg, Wbar, Wk, sk, server))(Ws, states)
-        return (new, states), (Ws[0] if local else None)
+        return (new, states), (Ws if local else None)
 
     def block(c, batch):  # eval_every rounds, then a record of the average (and the clients')
         c, ws = jax.lax.scan(one_round, c, batch, length=cfg.eval_every)
-        return c, (c[0], None if ws is None else ws[-1])
+        rec = None if ws is None else per_k(jax.tree.map(lambda a: a[-1], ws))
+        return c, (readout(c[0]), rec)
 
-    states0 = None
-    if alg.stateful:
-        s0 = alg.init_state((prob.u0,))
-        states0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (K,) + a.shape), s0)
+    states0 = broadcast(alg.init_state(W0)) if alg.stateful else None
     E = cfg.rounds // cfg.eval_every
     if batches is not None:
         batches = batches.reshape((E, cfg.eval_every) + batches.shape[1:])
-    _, (recs, ws) = jax.lax.scan(block, (prob.u0, states0), batches, length=E)
+    _, (recs, ws) = jax.lax.scan(block, (W0, states0), batches, length=E)
     out = jnp.concatenate([prob.u0[None], recs])
     if not local:
         return out
     return out, jnp.concatenate([jnp.broadcast_to(prob.u0, (1, K) + prob.u0.shape), ws])
 
 
-def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None, local: bool = False):
+def trajectory(cfg: RunConfig, prob: Problem | Linearised, eta: float, batches=None,
+               local: bool = False, spec: model.NetSpec | None = None):
     """The kernel model's outputs at every recorded round of a run of ``cfg``: ``(E, M, d_out)``
     with ``E = cfg.evaluations`` (round 0, then every ``cfg.eval_every`` rounds), float64.
 
-    ``prob``: the kernel, initial outputs, targets and split (:func:`problem`); ``eta``: the step
+    ``prob``: the kernel, initial outputs, targets and split (:func:`problem`), or the
+    linearised network itself (:func:`linearised`, with its ``spec``): the same outputs, to
+    rounding, computed in weight space (far cheaper for many points and outputs); ``eta``: the step
     size (``cfg.eta`` is not read, as in the engine); ``batches``: for a stochastic algorithm the
     run's minibatch rows ``(rounds, tau, K, b)`` (:func:`localsgd.engine.minibatch_indices`),
     else None. With ``local``, also the clients' own outputs at the end of every recorded round,
@@ -234,11 +322,19 @@ def trajectory(cfg: RunConfig, prob: Problem, eta: float, batches=None, local: b
         batches = jnp.asarray(batches, jnp.int32)
     elif batches is not None:
         raise ValueError(f"batches must be None for full-batch algorithm={cfg.algorithm!r}")
+    if isinstance(prob, Linearised) != (spec is not None):
+        raise ValueError("spec must be given with a Linearised prob, and only with one")
     with jax.enable_x64(True):
-        prob = Problem(*(jnp.asarray(a, jnp.int32 if i == 3 else jnp.float64)
-                         for i, a in enumerate(prob)))
-        out = _trajectory(cfg, prob, jnp.float64(eta), batches, bool(local))
+        prob = _as_float64(prob)
+        out = _trajectory(cfg, prob, jnp.float64(eta), batches, bool(local), spec)
         return tuple(np.asarray(a) for a in out) if local else np.asarray(out)
+
+
+def _as_float64(prob):
+    """``prob`` on the device in float64 (its ``pos`` in int32); call under ``enable_x64``."""
+    return type(prob)(*(jnp.asarray(a, jnp.int32) if f == "pos" else
+                        jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), a)
+                        for f, a in zip(prob._fields, prob)))
 
 
 def loss(outputs, y) -> np.ndarray:
@@ -267,44 +363,105 @@ def _step_sets(cfg: RunConfig, prob: Problem, batches):
     return rows.reshape(-1, b), np.full((rows.size // b, b), 1.0 / b)
 
 
-def sharpness(cfg: RunConfig, prob: Problem, batches=None) -> float:
+def sharpness(cfg: RunConfig, prob: Problem | Linearised, batches=None,
+              spec: model.NetSpec | None = None) -> float:
     """The largest curvature of any one local update of a run, ``max_B lambda_max(D_B^(1/2)
     G_BB D_B^(1/2))`` over the sample sets ``B`` that its steps use (each client's data, or every
     minibatch the run draws) with their weights ``D_B`` (``1/|B|``; ``n_k / (n b)`` for the
     server step of ``minibatch_sgd``). A step of the linearised model on ``B`` multiplies the
     residual on ``B`` by ``I - eta D_B^(1/2) G_BB D_B^(1/2)``; it is stable only while
-    ``eta * sharpness < 2``: the critical step of the local updates. A float."""
+    ``eta * sharpness < 2``: the critical step of the local updates. ``G_BB`` is read from the
+    kernel of a :class:`Problem`, or computed block by block for a :class:`Linearised` network
+    (with its ``spec``). A float."""
     with jax.enable_x64(True):  # the pooled split's weights 1/N in float64
         rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
-    cols = np.asarray(prob.cols, np.float64)
-    d = cols.shape[1] if cols.ndim == 4 else 1
-    flat = cols.reshape(cols.shape[0] * d, -1)  # rows and columns ordered (sample, output)
-    idx = (rows[..., None] * d + np.arange(d)).reshape(rows.shape[0], -1)  # (Q, B d)
+    gram_of, product_of, d = _block_kernels(prob, spec)
     sw = np.sqrt(np.repeat(w, d, axis=1))
-    size = idx.shape[1]
+    size = rows.shape[1] * d
     if size > _DENSE_EIG:  # large pooled minibatches: one at a time, the top eigenvalue by Lanczos
         from scipy.sparse.linalg import LinearOperator, eigsh
 
         worst = 0.0
-        for i, s in zip(idx, sw):
+        for i, s in zip(rows, sw.reshape(len(rows), -1, d)):
             # the block in increasing row order (the same spectrum; much the fastest gather),
             # weighted inside the products rather than copied twice more
             order = np.argsort(i)
-            i, s = i[order], s[order]
-            G = np.take(np.take(flat, i, axis=0), i, axis=1)
-            op = LinearOperator(G.shape, matvec=lambda v, G=G, s=s: s * (G @ (s * v.ravel())),
+            prod, s = product_of(i[order]), s[order].ravel()
+            op = LinearOperator((size, size), matvec=lambda v, p=prod, s=s: s * p(s * v.ravel()),
                                 dtype=np.float64)
             lam = eigsh(op, k=1, which="LA", tol=_LANCZOS_TOL, return_eigenvectors=False)[0]
             worst = max(worst, float(lam))
         return worst
     worst = 0.0
     chunk = max(1, min(256, 2 ** 24 // size ** 2))
-    for lo in range(0, idx.shape[0], chunk):  # (chunk, B d, B d) at a time
-        i, s = idx[lo:lo + chunk], sw[lo:lo + chunk]
-        G = flat[i[:, :, None], i[:, None, :]] * (s[:, :, None] * s[:, None, :])
+    for lo in range(0, rows.shape[0], chunk):  # (chunk, B d, B d) at a time
+        s = sw[lo:lo + chunk]
+        G = gram_of(rows[lo:lo + chunk]) * (s[:, :, None] * s[:, None, :])
         lam = np.linalg.eigvalsh(0.5 * (G + np.swapaxes(G, -1, -2)))[..., -1]
         worst = max(worst, float(lam.max()))
     return worst
+
+
+def _block_kernels(prob, spec):
+    """``(gram_of, product_of, d)``: ``gram_of(rows: (C, B)) -> (C, B d, B d)`` the kernel of
+    every set of training points, rows and columns ordered (sample, output), and
+    ``product_of(rows: (B,))`` the product ``v -> G_BB v`` of one set's kernel, float64, with
+    ``d = d_out``, or ``d = 1`` for a kernel shared by every output (``G (x) I`` has the
+    spectrum of ``G``). For a :class:`Linearised` network the product is ``J_B (J_B^T v)``,
+    never forming the kernel."""
+    d = prob.y.shape[1]
+    if isinstance(prob, Linearised):
+        x = np.asarray(prob.x)
+
+        def gram_of(rows):
+            with jax.enable_x64(True):
+                G = _set_grams(spec, prob.params, jnp.asarray(x[rows]))
+            C, B = rows.shape
+            return np.asarray(G).reshape(C, B * d, B * d)
+
+        def product_of(rows):
+            with jax.enable_x64(True):
+                xb = jnp.asarray(x[rows])
+
+                def prod(v):
+                    with jax.enable_x64(True):
+                        v = jnp.asarray(v, jnp.float64).reshape(len(rows), d)
+                        return np.asarray(_ntk_product(spec, prob.params, xb, v)).ravel()
+
+            return prod
+
+        return gram_of, product_of, d
+    cols = np.asarray(prob.cols, np.float64)
+    if cols.ndim == 2:  # one kernel for every output, G (x) I: the spectrum of G
+        d = 1
+    flat = cols.reshape(cols.shape[0] * d, -1)
+
+    def gram_of(rows):
+        idx = (rows[..., None] * d + np.arange(d)).reshape(rows.shape[0], -1)
+        return flat[idx[:, :, None], idx[:, None, :]]
+
+    def product_of(rows):
+        idx = (rows[:, None] * d + np.arange(d)).ravel()
+        G = np.take(np.take(flat, idx, axis=0), idx, axis=1)  # rows, then columns: fastest
+        return lambda v: G @ v
+
+    return gram_of, product_of, d
+
+
+@partial(jax.jit, static_argnums=0)
+def _ntk_product(spec, params, x, v):
+    """``J (J^T v)`` at the initialisation ``params`` for points ``x: (B, d)`` and ``v: (B,
+    d_out)``: the NTK of the points applied to ``v``, ``(B, d_out)``."""
+    fixed, theta0 = params["fixed"], tuple(params["trainable"])
+    feats = model.features(spec, fixed, x)
+    _, jvp = jax.linearize(lambda th: model.forward(spec, th, fixed, feats), theta0)
+    return jvp(jax.linear_transpose(jvp, theta0)(v)[0])
+
+
+@partial(jax.jit, static_argnums=0)
+def _set_grams(spec, params, xs):
+    """The NTK of every set of points ``xs: (C, B, d)``: ``(C, B, d_out, B, d_out)``."""
+    return jax.vmap(lambda x: diagnostics.ntk_cross_gram(spec, params, x, x))(xs)
 
 
 _DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
@@ -357,6 +514,7 @@ class Prediction:
 
 # compiled once per network shape, not once per prediction
 _cross_gram = jax.jit(diagnostics.ntk_cross_gram, static_argnums=0)
+_apply = jax.jit(model.apply, static_argnums=0)
 
 
 def _initial_outputs(spec, params0, x_rows):
@@ -407,15 +565,17 @@ def _initial_params(exp, spec):
 class SeedProblem(NamedTuple):
     """One seed of an experiment as the recursion sees it: ``problem`` (:class:`Problem`), the
     step size ``eta`` (a float) and, for a stochastic algorithm, the minibatch rows the engine
-    draws, ``batches: (rounds, tau, K, b)`` (else None)."""
+    draws, ``batches: (rounds, tau, K, b)`` (else None); ``spec``: the network's, when
+    ``problem`` is the :class:`Linearised` network rather than its kernel (else None)."""
 
-    problem: Problem
+    problem: Problem | Linearised
     eta: float
     batches: np.ndarray | None
+    spec: model.NetSpec | None = None
 
 
 def problems(exp: experiments.Experiment, kind: str = "empirical",
-             probe=None) -> list[SeedProblem]:
+             probe=None, space: str = "function") -> list[SeedProblem]:
     """Every seed of ``exp`` as a :class:`SeedProblem`, rebuilt from the configuration alone:
     the data and split (:func:`localsgd.experiments.load_data`), each seed's initialisation and
     step size (:func:`localsgd.experiments.init_params`,
@@ -423,18 +583,53 @@ def problems(exp: experiments.Experiment, kind: str = "empirical",
     drawn from each seed's key (:func:`localsgd.engine.minibatch_indices`). ``kind``:
     ``"empirical"`` (the NTK of each seed's initialisation, every output pair: ``cols`` of shape
     ``(N, d_out, M, d_out)``) or ``"infinite"`` (its infinite-width limit, times ``m`` for the
-    deep net). ``probe: (P, d)``: more prediction points after the ``N`` training points. A list
+    deep net). ``probe: (P, d)``: more prediction points after the ``N`` training points.
+    ``space``: ``"function"`` (the kernel, :class:`Problem`), ``"weight"`` (the linearised
+    network, :class:`Linearised`: no kernel is formed) or ``"auto"`` (:func:`space_for`). A list
     of ``exp.seeds`` entries, every seed's kernel held at once (:func:`predict` holds one at a
     time)."""
-    return list(_seed_problems(exp, kind, probe))
+    return list(_seed_problems(exp, kind, probe, space))
 
 
-def _seed_problems(exp, kind, probe):
+SPACES = ("function", "weight", "auto")
+_KERNEL_ENTRIES = 2 ** 24  # above this many kernel entries (128 MB), "auto" works in weight space
+
+
+def space_for(space: str, kind: str, M: int, N: int, d_out: int) -> str:
+    """The space the recursion runs in: ``space`` unless it is ``"auto"``, which chooses
+    ``"weight"`` for an empirical kernel of more than ``_KERNEL_ENTRIES`` entries
+    (``M N d_out^2`` for ``M`` prediction and ``N`` training points): forming it costs
+    ``M N d_out^2 m`` and every step reads ``b d_out M d_out`` of it, while a step of the
+    linearised network costs a few passes over its ``b`` points. The two give the same outputs
+    to rounding; the infinite-width kernel has no weights and is always ``"function"``."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    if kind == "infinite":
+        if space == "weight":
+            raise ValueError("space='weight' needs kind='empirical': the infinite-width kernel "
+                             "has no weights")
+        return "function"
+    if space == "auto":
+        return "weight" if M * N * d_out ** 2 > _KERNEL_ENTRIES else "function"
+    return space
+
+
+def _seed_params(params0):
+    """Seed after seed, the initialisation in float64."""
+    S = jax.tree.leaves(params0)[0].shape[0]
+    for s in range(S):
+        with jax.enable_x64(True):
+            yield jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64), params0)
+
+
+def _seed_problems(exp, kind, probe, space="function"):
     """:func:`problems` seed after seed."""
     if not isinstance(exp, experiments.Experiment):
         raise ValueError(f"exp must be an Experiment, got {type(exp).__name__}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     clients, _, _ = experiments.load_data(exp)
     mask = np.asarray(clients.mask)
     x_train = np.asarray(clients.x)[mask > 0]
@@ -444,30 +639,37 @@ def _seed_problems(exp, kind, probe):
     cfg = exp.run_config()
     params0, keys = _initial_params(exp, spec)
     etas = experiments.step_sizes(exp, spec, params0, clients)
-    u0 = _initial_outputs(spec, params0, x_rows)
+    weights = space_for(space, kind, x_rows.shape[0], len(y), y.shape[1]) == "weight"
+    u0 = None if weights else _initial_outputs(spec, params0, x_rows)
     stochastic = algs.get(exp.algorithm).stochastic
-    for s, gram in zip(range(exp.seeds), _grams(spec, params0, x_rows, x_train, kind)):
+    source = (_seed_params(params0) if weights
+              else _grams(spec, params0, x_rows, x_train, kind))
+    for s, src in zip(range(exp.seeds), source):
         batches = None
         if stochastic:
             batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
                                                           cfg.batch_size, cfg.rounds))
-        yield SeedProblem(problem(gram, u0[s], y, mask), float(etas[s]), batches)
+        if weights:
+            yield SeedProblem(linearised(src, x_rows, y, mask, spec), float(etas[s]), batches,
+                              spec)
+        else:
+            yield SeedProblem(problem(src, u0[s], y, mask), float(etas[s]), batches)
 
 
 def predict(exp: experiments.Experiment, kind: str = "empirical", probe=None,
-            seeds: list[SeedProblem] | None = None) -> Prediction:
+            seeds: list[SeedProblem] | None = None, space: str = "auto") -> Prediction:
     """The kernel model of every seed of ``exp``, rebuilt from the configuration alone
     (:func:`problems`, whose ``kind`` and ``probe`` it takes; one seed's kernel at a time):
     ``Prediction.outputs`` holds the predicted outputs at the training points, then at the
     ``probe`` points. ``seeds``: the result of ``problems(exp, kind, probe)`` when the caller
-    already has it (to use the same kernels for more than the prediction). See
-    :class:`Prediction`."""
-    seeds = _seed_problems(exp, kind, probe) if seeds is None else seeds
+    already has it (to use the same kernels for more than the prediction); ``space``: as
+    :func:`problems` takes it (``"auto"``: :func:`space_for`). See :class:`Prediction`."""
+    seeds = _seed_problems(exp, kind, probe, space) if seeds is None else seeds
     cfg = exp.run_config()
     outputs, sharp, etas, u0 = [], [], [], []
     for p in seeds:
-        outputs.append(trajectory(cfg, p.problem, p.eta, p.batches))
-        sharp.append(sharpness(cfg, p.problem, p.batches))
+        outputs.append(trajectory(cfg, p.problem, p.eta, p.batches, spec=p.spec))
+        sharp.append(sharpness(cfg, p.problem, p.batches, spec=p.spec))
         etas.append(p.eta)
         u0.append(np.asarray(p.problem.u0))
         y = np.asarray(p.problem.y)
@@ -481,19 +683,22 @@ _SHARED = ("dataset", "n", "d", "d_out", "delta", "targets", "data_seed", "idx_i
            "idx_labels", "arch", "m", "L", "activation", "seeds", "seed", "dtype")
 
 
-def predict_many(exps, kind: str = "empirical", probe=None) -> list[Prediction]:
+def predict_many(exps, kind: str = "empirical", probe=None,
+                 space: str = "auto") -> list[Prediction]:
     """:func:`predict` for several experiments on the same data and network (the fields in
     ``_SHARED``: data, width, depth, seeds, dtype) that differ in their split or their run
     (partition, clients, algorithm, step, ``tau``, ``b``, rounds): each seed's kernel, the
     costly part (``M N d_out^2 m`` for ``M`` prediction and ``N`` training points), is computed
     once, on the training points in the data's own order, and serves every experiment through
-    its order (:func:`localsgd.experiments.training_order`). A list of :class:`Prediction`, one
-    per experiment, each as :func:`predict` gives it."""
+    its order (:func:`localsgd.experiments.training_order`); in weight space (``space``, as
+    :func:`predict` takes it) each seed's initialisation serves them all. A list of
+    :class:`Prediction`, one per experiment, each as :func:`predict` gives it."""
     exps = list(exps)
     if not exps or not all(isinstance(e, experiments.Experiment) for e in exps):
         raise ValueError(f"exps must be a non-empty list of Experiment objects, got {exps!r}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    space_for(space, kind, 1, 1, 1)  # refuses a bad space before any work
     ref = exps[0]
     for e in exps[1:]:
         other = [f for f in _SHARED if getattr(e, f) != getattr(ref, f)]
@@ -514,18 +719,24 @@ def predict_many(exps, kind: str = "empirical", probe=None) -> list[Prediction]:
     params0, keys = _initial_params(ref, spec)
     etas = [experiments.step_sizes(e, spec, params0, c) for e, c in zip(exps, data)]
     u0 = _initial_outputs(spec, params0, x_rows)
+    weights = space_for(space, kind, x_rows.shape[0], N, y.shape[1]) == "weight"
+    net = spec if weights else None
+    source = (_seed_params(params0) if weights
+              else _grams(spec, params0, x_rows, x_train, kind))
     outs, sharp = [[] for _ in exps], [[] for _ in exps]
-    for s, gram in zip(range(ref.seeds), _grams(spec, params0, x_rows, x_train, kind)):
+    for s, src in zip(range(ref.seeds), source):
         for i, e in enumerate(exps):
             cfg = e.run_config()
-            prob = problem(gram, u0[s], y, masks[i], orders[i])
+            prob = (linearised(src, x_rows, y, masks[i], spec, orders[i]) if weights
+                    else problem(src, u0[s], y, masks[i], orders[i]))
             batches = None
             if algs.get(e.algorithm).stochastic:
                 batches = np.asarray(engine.minibatch_indices(
                     keys[s], jnp.asarray(masks[i]), cfg.tau, cfg.batch_size, cfg.rounds))
-            outs[i].append(trajectory(cfg, prob, float(etas[i][s]), batches)[:, rows[i]])
-            sharp[i].append(sharpness(cfg, prob, batches))
-        del gram, prob
+            outs[i].append(trajectory(cfg, prob, float(etas[i][s]), batches,
+                                      spec=net)[:, rows[i]])
+            sharp[i].append(sharpness(cfg, prob, batches, spec=net))
+        del src, prob
     preds = []
     for i, e in enumerate(exps):
         outputs = np.stack(outs[i])
