@@ -412,3 +412,26 @@ def test_space_is_checked_and_chosen_by_the_kernel_size():
     with pytest.raises(ValueError, match="spec"):
         seed = kernel.problems(exp, space="weight")[0]
         kernel.trajectory(exp.run_config(), seed.problem, seed.eta, seed.batches)
+
+
+def test_top_eigenvalues_of_many_operators_at_once():
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(5, 60, 30))
+    G = A @ np.swapaxes(A, 1, 2)  # PSD, rank 30 of 60
+    G[1] = np.diag(np.r_[np.full(3, 7.0), np.ones(57)])  # a repeated top eigenvalue
+    got = kernel.top_eigenvalues(lambda V: np.einsum("qij,qj->qi", G, V), 5, 60)
+    np.testing.assert_allclose(got, np.linalg.eigvalsh(G)[:, -1], rtol=1e-8)
+
+
+@pytest.mark.parametrize("space", ["function", "weight"])
+def test_sharpness_by_lanczos_is_the_dense_one(monkeypatch, space):
+    exp = experiments.Experiment(dataset="digits", n=40, num_clients=4, m=16, L=1,
+                                 algorithm="minibatch_sgd", partition="shards", tau=1,
+                                 batch_size=5, eta=0.3, eta_rule="fixed", rounds=6, seeds=1)
+    seed = kernel.problems(exp, space=space)[0]
+    cfg = exp.run_config()
+    dense = kernel.sharpness(cfg, seed.problem, seed.batches, spec=seed.spec)
+    monkeypatch.setattr(kernel, "_DENSE_EIG", 0)
+    lanczos = kernel.sharpness(cfg, seed.problem, seed.batches, spec=seed.spec)
+    assert dense > 0
+    np.testing.assert_allclose(lanczos, dense, rtol=1e-8)

@@ -375,22 +375,16 @@ def sharpness(cfg: RunConfig, prob: Problem | Linearised, batches=None,
     (with its ``spec``). A float."""
     with jax.enable_x64(True):  # the pooled split's weights 1/N in float64
         rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
-    gram_of, product_of, d = _block_kernels(prob, spec)
+    gram_of, products_of, d = _block_kernels(prob, spec)
     sw = np.sqrt(np.repeat(w, d, axis=1))
     size = rows.shape[1] * d
-    if size > _DENSE_EIG:  # large pooled minibatches: one at a time, the top eigenvalue by Lanczos
-        from scipy.sparse.linalg import LinearOperator, eigsh
-
+    if size > _DENSE_EIG:  # large pooled minibatches: their top eigenvalues together, by Lanczos
         worst = 0.0
-        for i, s in zip(rows, sw.reshape(len(rows), -1, d)):
-            # the block in increasing row order (the same spectrum; much the fastest gather),
-            # weighted inside the products rather than copied twice more
-            order = np.argsort(i)
-            prod, s = product_of(i[order]), s[order].ravel()
-            op = LinearOperator((size, size), matvec=lambda v, p=prod, s=s: s * p(s * v.ravel()),
-                                dtype=np.float64)
-            lam = eigsh(op, k=1, which="LA", tol=_LANCZOS_TOL, return_eigenvectors=False)[0]
-            worst = max(worst, float(lam))
+        chunk = max(1, 2 ** 22 // (size * _LANCZOS_STEPS))
+        for lo in range(0, rows.shape[0], chunk):
+            prod, s = products_of(rows[lo:lo + chunk]), sw[lo:lo + chunk]
+            lam = top_eigenvalues(lambda V, p=prod, s=s: s * p(s * V), len(s), size)
+            worst = max(worst, float(lam.max()))
         return worst
     worst = 0.0
     chunk = max(1, min(256, 2 ** 24 // size ** 2))
@@ -403,12 +397,13 @@ def sharpness(cfg: RunConfig, prob: Problem | Linearised, batches=None,
 
 
 def _block_kernels(prob, spec):
-    """``(gram_of, product_of, d)``: ``gram_of(rows: (C, B)) -> (C, B d, B d)`` the kernel of
+    """``(gram_of, products_of, d)``: ``gram_of(rows: (C, B)) -> (C, B d, B d)`` the kernel of
     every set of training points, rows and columns ordered (sample, output), and
-    ``product_of(rows: (B,))`` the product ``v -> G_BB v`` of one set's kernel, float64, with
-    ``d = d_out``, or ``d = 1`` for a kernel shared by every output (``G (x) I`` has the
-    spectrum of ``G``). For a :class:`Linearised` network the product is ``J_B (J_B^T v)``,
-    never forming the kernel."""
+    ``products_of(rows: (C, B))`` the products ``V: (C, B d) -> (C, B d)`` of every set's kernel
+    with a vector of its own, float64, with ``d = d_out``, or ``d = 1`` for a kernel shared by
+    every output (``G (x) I`` has the spectrum of ``G``). For a :class:`Linearised` network a
+    product is ``J_B (J_B^T v)``; for a kernel, ``G_NN`` times ``v`` scattered onto the ``N``
+    training points and gathered back (the same, rows repeated or not), never a block."""
     d = prob.y.shape[1]
     if isinstance(prob, Linearised):
         x = np.asarray(prob.x)
@@ -419,33 +414,82 @@ def _block_kernels(prob, spec):
             C, B = rows.shape
             return np.asarray(G).reshape(C, B * d, B * d)
 
-        def product_of(rows):
+        def products_of(rows):
             with jax.enable_x64(True):
-                xb = jnp.asarray(x[rows])
+                xs = jnp.asarray(x[rows])
 
-                def prod(v):
-                    with jax.enable_x64(True):
-                        v = jnp.asarray(v, jnp.float64).reshape(len(rows), d)
-                        return np.asarray(_ntk_product(spec, prob.params, xb, v)).ravel()
+            def prod(V):
+                with jax.enable_x64(True):
+                    V = jnp.asarray(V, jnp.float64).reshape(rows.shape + (d,))
+                    out = _ntk_products(spec, prob.params, xs, V)
+                return np.asarray(out).reshape(len(rows), -1)
 
             return prod
 
-        return gram_of, product_of, d
+        return gram_of, products_of, d
     cols = np.asarray(prob.cols, np.float64)
     if cols.ndim == 2:  # one kernel for every output, G (x) I: the spectrum of G
         d = 1
     flat = cols.reshape(cols.shape[0] * d, -1)
+    train = flat[:, : flat.shape[0]]  # G_NN, (N d, N d)
 
     def gram_of(rows):
         idx = (rows[..., None] * d + np.arange(d)).reshape(rows.shape[0], -1)
         return flat[idx[:, :, None], idx[:, None, :]]
 
-    def product_of(rows):
-        idx = (rows[:, None] * d + np.arange(d)).ravel()
-        G = np.take(np.take(flat, idx, axis=0), idx, axis=1)  # rows, then columns: fastest
-        return lambda v: G @ v
+    def products_of(rows):
+        idx = (rows[..., None] * d + np.arange(d)).reshape(rows.shape[0], -1)
+        at = (np.arange(len(rows))[:, None], idx)
 
-    return gram_of, product_of, d
+        def prod(V):
+            X = np.zeros((len(rows), train.shape[0]))
+            np.add.at(X, at, V)
+            return (X @ train)[at]
+
+        return prod
+
+    return gram_of, products_of, d
+
+
+def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
+    """The largest eigenvalues of ``Q`` symmetric ``n x n`` operators at once, by Lanczos with
+    full reorthogonalisation from a fixed start: ``matvec(V: (Q, n)) -> (Q, n)`` applies each
+    operator to its own row. Stops when every Ritz value's residual is at most ``tol`` times
+    it (or at ``n`` steps, where it is exact). ``(Q,)``."""
+    V = np.random.default_rng(0).standard_normal((Q, n))
+    basis = [V / np.linalg.norm(V, axis=1, keepdims=True)]
+    alphas, betas = [], []
+    found, active = np.zeros(Q), np.ones(Q, bool)
+    for k in range(n):
+        W = matvec(basis[-1])
+        alphas.append(np.einsum("qn,qn->q", W, basis[-1]))
+        B = np.stack(basis, axis=1)  # (Q, k + 1, n)
+        for _ in range(2):  # twice is enough (Giraud et al. 2005)
+            W = W - np.einsum("qk,qkn->qn", np.einsum("qkn,qn->qk", B, W), B)
+        beta = np.linalg.norm(W, axis=1)
+        T = np.zeros((Q, k + 1, k + 1))
+        i = np.arange(k + 1)
+        T[:, i, i] = np.stack(alphas, axis=1)
+        if k:
+            T[:, i[1:], i[:-1]] = T[:, i[:-1], i[1:]] = np.stack(betas, axis=1)
+        theta, vecs = np.linalg.eigh(T)
+        done = active & (beta * np.abs(vecs[:, -1, -1]) <= tol * np.abs(theta[:, -1]))
+        found[done | active] = theta[done | active, -1]
+        active &= ~done
+        if not active.any():
+            break
+        # an operator that has converged stays out: its next vectors are zero
+        beta = np.where(active, beta, 0.0)
+        betas.append(beta)
+        basis.append(np.where(active[:, None], W / np.where(active, beta, 1.0)[:, None], 0.0))
+    return found
+
+
+@partial(jax.jit, static_argnums=0)
+def _ntk_products(spec, params, xs, V):
+    """:func:`_ntk_product` for every set of points ``xs: (C, B, d)`` with its own ``V: (C, B,
+    d_out)``."""
+    return jax.vmap(lambda x, v: _ntk_product(spec, params, x, v))(xs, V)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -465,7 +509,7 @@ def _set_grams(spec, params, xs):
 
 
 _DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
-_LANCZOS_TOL = 1e-9  # its relative accuracy: far below the two or three digits the checks show
+_LANCZOS_STEPS = 64  # the Lanczos steps a chunk of blocks is sized for (its basis in memory)
 
 
 # -- the kernel model of an experiment ---------------------------------------------------------
