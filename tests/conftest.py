@@ -27,16 +27,21 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(least))
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_itemcollected(item):
     """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a file's
     tests stay on one worker, in order (they share module fixtures such as a compilation cache),
     except the notebooks' smoke runs, which are grouped per chapter so that the chapters spread
-    over the workers while a chapter's figure test still follows its run on the same worker."""
-    for item in items:
-        group = item.path.stem
-        if group == "test_notebooks" and "[" in item.nodeid:
-            group = "notebook-" + item.nodeid.rsplit("[", 1)[1].rstrip("]")
-        item.add_marker(pytest.mark.xdist_group(group))
+    over the workers while a chapter's figure test still follows its run on the same worker.
+    Marked as each test is collected: xdist reads the marks in its own
+    ``pytest_collection_modifyitems``, which runs before a conftest's."""
+    item.add_marker(pytest.mark.xdist_group(xdist_group(item.path.stem, item.nodeid)))
+
+
+def xdist_group(stem: str, nodeid: str) -> str:
+    """The group of a test: its file, or ``notebook-<chapter>`` for a notebook's smoke run."""
+    if stem == "test_notebooks" and "[" in nodeid:
+        return "notebook-" + nodeid.rsplit("[", 1)[1].rstrip("]")
+    return stem
 
 
 @pytest.fixture
