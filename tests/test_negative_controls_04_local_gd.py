@@ -28,31 +28,13 @@ def verdict() -> list:
     return checks
 
 
-def wrong_verdict(wrong, kind: str) -> list:
-    applied = wrong(kind)
-    checks = verdict()
-    assert any(applied), f"{kind} changed none of the chapter's runs"
-    return checks
-
-
 def test_local_gd_verdict_holds_on_correct_runs(patched_engine_results):
     assert all_hold(verdict())
 
 
-def test_negative_control_04_half_step(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "half_step"))
-
-
-def test_negative_control_04_one_local_step(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "one_local_step"))
-
-
-def test_negative_control_04_no_averaging(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "no_averaging"))
-
-
-def test_negative_control_04_quarter_width(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "quarter_width"))
+@pytest.mark.parametrize("kind", ["half_step", "one_local_step", "no_averaging", "quarter_width"])
+def test_negative_control_04(wrong_verdict, kind):
+    wrong_verdict(kind, verdict, every_run=False)
 
 
 def test_design_refuses_a_single_tau_and_too_few_widths():

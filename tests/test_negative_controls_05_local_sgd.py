@@ -37,36 +37,17 @@ def verdict() -> list:
     return checks
 
 
-def wrong_verdict(wrong, kind: str) -> list:
-    applied = wrong(kind)
-    checks = verdict()
-    assert any(applied), f"{kind} changed none of the chapter's runs"
-    return checks
-
-
 def test_local_sgd_verdict_holds_on_correct_runs(patched_engine_results):
     assert all_hold(verdict())
 
 
-def test_negative_control_05_half_step(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "half_step"))
+@pytest.mark.parametrize("kind", ["half_step", "one_local_step", "no_averaging", "quarter_width"])
+def test_negative_control_05(wrong_verdict, kind):
+    wrong_verdict(kind, verdict, every_run=False)
 
 
-def test_negative_control_05_one_local_step(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "one_local_step"))
-
-
-def test_negative_control_05_no_averaging(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "no_averaging"))
-
-
-def test_negative_control_05_quarter_width(silently_wrong):
-    assert not all_hold(wrong_verdict(silently_wrong, "quarter_width"))
-
-
-def test_negative_control_05_other_batch(silently_wrong):
-    checks = wrong_verdict(silently_wrong, "other_batch")
-    assert not all_hold(checks)
+def test_negative_control_05_other_batch(wrong_verdict):
+    checks = wrong_verdict("other_batch", verdict, every_run=False)
     # the batch-size checks themselves see it, not only the distance bound
     assert not next(c for c in checks if "nearest other" in c.name).holds
 
