@@ -113,21 +113,24 @@ def _split(mask, order):
     return pos, mask, mask.sum(axis=1) / N
 
 
-def linearised(params, x, y, mask, spec: model.NetSpec, order=None) -> Linearised:
+def linearised(params, x, u0, y, mask, spec: model.NetSpec, order=None) -> Linearised:
     """A :class:`Linearised` network: the initialisation ``params`` (``{"trainable", "fixed"}``
     of ``spec``), the prediction points ``x: (M, d)`` (the ``N`` training points first, in the
-    order :func:`problem` describes), their targets ``y: (N, d_out)`` and the clients'
-    ``mask: (K, n_max)`` (and ``order``) as in :func:`problem`. Everything float64."""
+    order :func:`problem` describes) with the network's outputs there ``u0: (M, d_out)``, the
+    targets ``y: (N, d_out)`` and the clients' ``mask: (K, n_max)`` (and ``order``) as in
+    :func:`problem`. Everything float64."""
     mask = np.asarray(mask, np.float64)
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, u0, y = (np.asarray(a, np.float64) for a in (x, u0, y))
     N = int(mask.sum())
     if y.ndim != 2 or y.shape != (N, spec.d_out):
         raise ValueError(f"y must have shape (N={N}, d_out={spec.d_out}), got {y.shape}")
     if x.ndim != 2 or x.shape[0] < N or x.shape[1] != spec.d:
         raise ValueError(f"x must have shape (M >= {N}, d={spec.d}), got {x.shape}")
+    if u0.shape != (x.shape[0], spec.d_out):
+        raise ValueError(f"u0 must have shape (M={x.shape[0]}, d_out={spec.d_out}), "
+                         f"got {u0.shape}")
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        u0 = np.asarray(_apply(spec, p64, jnp.asarray(x)))
     return Linearised(p64, x, u0, y, *_split(mask, order))
 
 
@@ -149,13 +152,13 @@ def _image(C, u, rows, w, y):
     return jnp.einsum("bo,bm->mo", r, C)
 
 
-def _batches(prob: Problem, stochastic: bool, full_cols, idx):
-    """Every client's step data ``(rows (K, B), kernel columns (K, B, ...), weights (K, B))``:
-    its full data (``idx`` None) or the minibatch rows ``idx: (K, b)``."""
+def _step_rows(prob, stochastic: bool, idx):
+    """Every client's step samples ``(rows (K, B), weights (K, B))``: its full data (``idx``
+    None) or the minibatch rows ``idx: (K, b)``."""
     if not stochastic:
-        return prob.pos, full_cols, prob.mask / prob.mask.sum(axis=1, keepdims=True)
+        return prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
     rows = jnp.take_along_axis(prob.pos, idx, axis=1)
-    return rows, prob.cols[rows], jnp.full(rows.shape, 1.0 / idx.shape[1])
+    return rows, jnp.full(rows.shape, 1.0 / idx.shape[1])
 
 
 class Linearised(NamedTuple):
@@ -184,8 +187,8 @@ def _function_space(prob: Problem, stochastic: bool):
     image = jax.vmap(partial(_image, y=prob.y))
 
     def grads(Ws, idx):
-        rows, C, w = _batches(prob, stochastic, full_cols, idx)
-        return (image(C, Ws[0], rows, w),)
+        rows, w = _step_rows(prob, stochastic, idx)
+        return (image(prob.cols[rows] if stochastic else full_cols, Ws[0], rows, w),)
 
     return (prob.u0,), grads, lambda W: W[0]
 
@@ -194,11 +197,11 @@ def _weight_space(prob: Linearised, stochastic: bool, spec):
     """The recursion on the trained weights' move ``W - W_0`` of the linearised network (see
     :func:`_function_space`): ``grads`` returns ``J_0^T (w r)`` on each client's rows and
     ``readout`` the outputs ``u_0 + J_0 (W - W_0)`` at the ``M`` prediction points."""
-    fixed, theta0 = prob.params["fixed"], tuple(prob.params["trainable"])
-    feats = model.features(spec, fixed, prob.x)
+    theta0 = tuple(prob.params["trainable"])
+    feats = model.features(spec, prob.params["fixed"], prob.x)
 
-    def lin(rows):  # the linearisation at rows: outputs at W_0 and u -> J_0 u
-        return jax.linearize(lambda th: model.forward(spec, th, fixed, feats[rows]), theta0)
+    def lin(rows):
+        return _linearisation(spec, prob.params, feats[rows])
 
     def grad(W, rows, w):
         u, jvp = lin(rows)
@@ -206,12 +209,7 @@ def _weight_space(prob: Linearised, stochastic: bool, spec):
         return jax.linear_transpose(jvp, theta0)(r)[0]
 
     def grads(Ws, idx):
-        if stochastic:
-            rows = jnp.take_along_axis(prob.pos, idx, axis=1)
-            w = jnp.full(rows.shape, 1.0 / idx.shape[1])
-        else:
-            rows, w = prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
-        return jax.vmap(grad)(Ws, rows, w)
+        return jax.vmap(grad)(Ws, *_step_rows(prob, stochastic, idx))
 
     def readout(W):
         u, jvp = lin(jnp.arange(prob.x.shape[0]))
@@ -473,9 +471,8 @@ def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
         if k:
             T[:, i[1:], i[:-1]] = T[:, i[:-1], i[1:]] = np.stack(betas, axis=1)
         theta, vecs = np.linalg.eigh(T)
-        done = active & (beta * np.abs(vecs[:, -1, -1]) <= tol * np.abs(theta[:, -1]))
-        found[done | active] = theta[done | active, -1]
-        active &= ~done
+        found[active] = theta[active, -1]
+        active &= beta * np.abs(vecs[:, -1, -1]) > tol * np.abs(theta[:, -1])
         if not active.any():
             break
         # an operator that has converged stays out: its next vectors are zero
@@ -492,14 +489,19 @@ def _ntk_products(spec, params, xs, V):
     return jax.vmap(lambda x, v: _ntk_product(spec, params, x, v))(xs, V)
 
 
-@partial(jax.jit, static_argnums=0)
 def _ntk_product(spec, params, x, v):
     """``J (J^T v)`` at the initialisation ``params`` for points ``x: (B, d)`` and ``v: (B,
     d_out)``: the NTK of the points applied to ``v``, ``(B, d_out)``."""
-    fixed, theta0 = params["fixed"], tuple(params["trainable"])
-    feats = model.features(spec, fixed, x)
-    _, jvp = jax.linearize(lambda th: model.forward(spec, th, fixed, feats), theta0)
-    return jvp(jax.linear_transpose(jvp, theta0)(v)[0])
+    _, jvp = _linearisation(spec, params, model.features(spec, params["fixed"], x))
+    return jvp(jax.linear_transpose(jvp, tuple(params["trainable"]))(v)[0])
+
+
+def _linearisation(spec, params, feats):
+    """The network at the initialisation ``params`` on features ``feats: (B, f)``, linearised
+    in its trained weights: ``(outputs (B, d_out), W -> J_0 W)`` (:func:`jax.linearize`)."""
+    fixed = params["fixed"]
+    return jax.linearize(lambda th: model.forward(spec, th, fixed, feats),
+                         tuple(params["trainable"]))
 
 
 @partial(jax.jit, static_argnums=0)
@@ -558,7 +560,6 @@ class Prediction:
 
 # compiled once per network shape, not once per prediction
 _cross_gram = jax.jit(diagnostics.ntk_cross_gram, static_argnums=0)
-_apply = jax.jit(model.apply, static_argnums=0)
 
 
 def _initial_outputs(spec, params0, x_rows):
@@ -580,11 +581,10 @@ def _grams(spec, params0, x_rows, x_train, kind):
             yield lim
     with jax.enable_x64(True):
         xr, xt = jnp.asarray(x_rows, jnp.float64), jnp.asarray(x_train, jnp.float64)
-    S = jax.tree.leaves(params0)[0].shape[0]
-    for s in range(S):
+    for p in _seed_params(params0):
         with jax.enable_x64(True):
-            p = jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64), params0)
-            yield np.asarray(_cross_gram(spec, p, xr, xt))
+            gram = np.asarray(_cross_gram(spec, p, xr, xt))
+        yield gram
 
 
 def _prediction_rows(x_train, probe):
@@ -659,11 +659,13 @@ def space_for(space: str, kind: str, M: int, N: int, d_out: int) -> str:
 
 
 def _seed_params(params0):
-    """Seed after seed, the initialisation in float64."""
+    """Seed after seed, the initialisation in float64 (yielded outside ``enable_x64``, which
+    would otherwise stay on in the caller while the generator waits)."""
     S = jax.tree.leaves(params0)[0].shape[0]
     for s in range(S):
         with jax.enable_x64(True):
-            yield jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64), params0)
+            p = jax.tree.map(lambda a, s=s: jnp.asarray(a[s], jnp.float64), params0)
+        yield p
 
 
 def _seed_problems(exp, kind, probe, space="function"):
@@ -684,7 +686,7 @@ def _seed_problems(exp, kind, probe, space="function"):
     params0, keys = _initial_params(exp, spec)
     etas = experiments.step_sizes(exp, spec, params0, clients)
     weights = space_for(space, kind, x_rows.shape[0], len(y), y.shape[1]) == "weight"
-    u0 = None if weights else _initial_outputs(spec, params0, x_rows)
+    u0 = _initial_outputs(spec, params0, x_rows)
     stochastic = algs.get(exp.algorithm).stochastic
     source = (_seed_params(params0) if weights
               else _grams(spec, params0, x_rows, x_train, kind))
@@ -694,8 +696,8 @@ def _seed_problems(exp, kind, probe, space="function"):
             batches = np.asarray(engine.minibatch_indices(keys[s], jnp.asarray(mask), cfg.tau,
                                                           cfg.batch_size, cfg.rounds))
         if weights:
-            yield SeedProblem(linearised(src, x_rows, y, mask, spec), float(etas[s]), batches,
-                              spec)
+            yield SeedProblem(linearised(src, x_rows, u0[s], y, mask, spec), float(etas[s]),
+                              batches, spec)
         else:
             yield SeedProblem(problem(src, u0[s], y, mask), float(etas[s]), batches)
 
@@ -771,7 +773,7 @@ def predict_many(exps, kind: str = "empirical", probe=None,
     for s, src in zip(range(ref.seeds), source):
         for i, e in enumerate(exps):
             cfg = e.run_config()
-            prob = (linearised(src, x_rows, y, masks[i], spec, orders[i]) if weights
+            prob = (linearised(src, x_rows, u0[s], y, masks[i], spec, orders[i]) if weights
                     else problem(src, u0[s], y, masks[i], orders[i]))
             batches = None
             if algs.get(e.algorithm).stochastic:
