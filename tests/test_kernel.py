@@ -374,6 +374,21 @@ def test_predictions_of_several_splits_share_one_kernel():
         kernel.predict_many([base, base.replace(m=64)])
 
 
+@pytest.mark.parametrize("space", ["function", "weight"])
+def test_runs_on_the_same_sample_sets_share_a_sharpness_and_no_other_does(space):
+    base = experiments.Experiment(dataset="digits", n=30, num_clients=3, m=32, L=1,
+                                  algorithm="local_sgd", tau=2, batch_size=3, eta=0.2,
+                                  eta_rule="fixed", rounds=3, seeds=2)
+    exps = [base, base.replace(algorithm="fedprox", prox_mu=0.1), base.replace(batch_size=2),
+            base.replace(partition="shards"), base.replace(algorithm="local_gd", batch_size=None)]
+    many = kernel.predict_many(exps, space=space)
+    alone = [kernel.predict(e, space=space).sharpness for e in exps]
+    for got, want in zip(many, alone):
+        np.testing.assert_allclose(got.sharpness, want, rtol=1e-9)
+    assert np.array_equal(many[0].sharpness, many[1].sharpness)  # the same minibatches
+    assert len({tuple(np.round(a, 9)) for a in alone}) == 4  # every other run its own
+
+
 @pytest.mark.parametrize("alg", ["local_gd", "local_sgd", "gd", "minibatch_sgd", "fedprox",
                                  "scaffold", "local_sgd_momentum"])
 def test_weight_space_gives_the_function_space_outputs(alg):

@@ -161,7 +161,7 @@ def forward_norms(spec, params, x) -> jax.Array:
     )
 
 
-def _backprop_vectors(spec, params, x):
+def backprop_vectors(spec, params, x):
     """``d f_o(x_i) / d g_l(x_i)`` for every trained layer: list of ``(n, d_out, m)``, and the
     layer inputs ``h_{l-1}``: list of ``(n, fan_in)``."""
     fixed, trainable = params["fixed"], params["trainable"]
@@ -196,7 +196,7 @@ def ntk_gram(spec, params, x, outputs: str = "sum") -> jax.Array:
     n, d_out = x.shape[0], spec.d_out
     if outputs == "full":
         return ntk_cross_gram(spec, params, x, x).reshape(n * d_out, n * d_out)
-    deltas, inputs = _backprop_vectors(spec, params, x)
+    deltas, inputs = backprop_vectors(spec, params, x)
     gram = 0.0
     for dl, h in zip(deltas, inputs):
         gram = gram + jnp.einsum("iom,jom->ij", dl, dl) * (h @ h.T)
@@ -208,8 +208,8 @@ def ntk_cross_gram(spec, params, x_rows, x_cols) -> jax.Array:
     ``K[i, o, j, p] = <d f_o(x_i)/dW, d f_p(x'_j)/dW>`` for ``x_rows: (n_r, d)`` and
     ``x_cols: (n_c, d)``; returns ``(n_r, d_out, n_c, d_out)``. With ``x_rows = x_cols`` it is
     :func:`ntk_gram` (``outputs="full"``) before flattening. Layer by layer, as there."""
-    d_r, h_r = _backprop_vectors(spec, params, x_rows)
-    d_c, h_c = (d_r, h_r) if x_cols is x_rows else _backprop_vectors(spec, params, x_cols)
+    d_r, h_r = backprop_vectors(spec, params, x_rows)
+    d_c, h_c = (d_r, h_r) if x_cols is x_rows else backprop_vectors(spec, params, x_cols)
     gram = 0.0
     for dr, hr, dc, hc in zip(d_r, h_r, d_c, h_c):
         gram = gram + jnp.einsum("iom,jpm->iojp", dr, dc) * (hr @ hc.T)[:, None, :, None]

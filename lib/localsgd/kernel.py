@@ -35,6 +35,7 @@ comparison means something only below every local update's critical step (:func:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from functools import partial
 from typing import NamedTuple
 
@@ -345,20 +346,24 @@ def loss(outputs, y) -> np.ndarray:
 
 def _step_sets(cfg: RunConfig, prob: Problem, batches):
     """The sample sets of every distinct local update with their weights: ``(rows (Q, B),
-    weights (Q, B))`` with zero weight on padding."""
+    weights (Q, B))`` with zero weight on padding, numpy (the weights float64)."""
     alg = algs.get(cfg.algorithm)
-    if alg.pooled:
-        prob = _pooled(prob)
-    K = prob.mask.shape[0]
-    if not alg.stochastic:
-        return prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
-    b = cfg.batch_size
-    rows = np.take_along_axis(np.broadcast_to(prob.pos, batches.shape[:2] + prob.pos.shape),
-                              np.asarray(batches), axis=-1)  # (R, tau, K, b)
-    if alg.server_gradient:  # one step on every client's minibatch at once, weighted n_k / n
-        w = np.broadcast_to((np.asarray(prob.weight) / b)[:, None], (K, b))
-        return rows.reshape(-1, K * b), np.broadcast_to(w.ravel(), (rows.shape[0], K * b))
-    return rows.reshape(-1, b), np.full((rows.size // b, b), 1.0 / b)
+    with jax.enable_x64(True):  # the pooled split's weights 1/N in float64
+        if alg.pooled:
+            prob = _pooled(prob)
+        K, b = prob.mask.shape[0], cfg.batch_size
+        if not alg.stochastic:
+            rows, w = prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
+        else:
+            rows = np.take_along_axis(
+                np.broadcast_to(prob.pos, batches.shape[:2] + prob.pos.shape),
+                np.asarray(batches), axis=-1)  # (R, tau, K, b)
+            if alg.server_gradient:  # one step on every client's minibatch, weighted n_k / n
+                w = np.broadcast_to((np.asarray(prob.weight) / b)[:, None], (K, b)).ravel()
+                rows, w = rows.reshape(-1, K * b), np.broadcast_to(w, (rows.shape[0], K * b))
+            else:
+                rows, w = rows.reshape(-1, b), np.full((rows.size // b, b), 1.0 / b)
+        return np.asarray(rows), np.asarray(w, np.float64)
 
 
 def sharpness(cfg: RunConfig, prob: Problem | Linearised, batches=None,
@@ -371,8 +376,11 @@ def sharpness(cfg: RunConfig, prob: Problem | Linearised, batches=None,
     ``eta * sharpness < 2``: the critical step of the local updates. ``G_BB`` is read from the
     kernel of a :class:`Problem`, or computed block by block for a :class:`Linearised` network
     (with its ``spec``). A float."""
-    with jax.enable_x64(True):  # the pooled split's weights 1/N in float64
-        rows, w = (np.asarray(a) for a in _step_sets(cfg, prob, batches))
+    return _largest_eigenvalue(prob, *_step_sets(cfg, prob, batches), spec)
+
+
+def _largest_eigenvalue(prob, rows, w, spec):
+    """:func:`sharpness` of the sample sets ``rows: (Q, B)`` with weights ``w: (Q, B)``."""
     gram_of, products_of, d = _block_kernels(prob, spec)
     sw = np.sqrt(np.repeat(w, d, axis=1))
     size = rows.shape[1] * d
@@ -399,28 +407,42 @@ def _block_kernels(prob, spec):
     every set of training points, rows and columns ordered (sample, output), and
     ``products_of(rows: (C, B))`` the products ``V: (C, B d) -> (C, B d)`` of every set's kernel
     with a vector of its own, float64, with ``d = d_out``, or ``d = 1`` for a kernel shared by
-    every output (``G (x) I`` has the spectrum of ``G``). For a :class:`Linearised` network a
-    product is ``J_B (J_B^T v)``; for a kernel, ``G_NN`` times ``v`` scattered onto the ``N``
-    training points and gathered back (the same, rows repeated or not), never a block."""
+    every output (``G (x) I`` has the spectrum of ``G``). For a :class:`Linearised` network the
+    blocks and products come from the kernel's factors at the training points, the
+    backpropagated output gradients and the layer inputs
+    (:func:`localsgd.diagnostics.backprop_vectors`); for a kernel, a product is ``G_NN`` times
+    ``v`` scattered onto the ``N`` training points and gathered back (the same, rows repeated or
+    not), never a block."""
     d = prob.y.shape[1]
     if isinstance(prob, Linearised):
-        x = np.asarray(prob.x)
+        # the kernel's factors at every training point, once: G((x, o), (x', p)) = sum_l
+        # <delta_l(x, o), delta_l(x', p)> <h_l(x), h_l(x')> (diagnostics.ntk_cross_gram), so a
+        # block costs B^2 (d_out^2 + 1) m and a product B (2 d_out + B) m, not B d_out m^2
+        N = prob.y.shape[0]
+        with jax.enable_x64(True):
+            deltas, inputs = _factors(spec, prob.params, jnp.asarray(prob.x[:N], jnp.float64))
+        deltas, inputs = [np.asarray(a) for a in deltas], [np.asarray(a) for a in inputs]
 
         def gram_of(rows):
-            with jax.enable_x64(True):
-                G = _set_grams(spec, prob.params, jnp.asarray(x[rows]))
             C, B = rows.shape
-            return np.asarray(G).reshape(C, B * d, B * d)
+            G = np.zeros((C, B, d, B, d))
+            for D, H in zip(deltas, inputs):
+                Dr, Hr = D[rows].reshape(C, B * d, -1), H[rows]  # (C, B d, m), (C, B, f)
+                G += ((Dr @ np.swapaxes(Dr, 1, 2)).reshape(C, B, d, B, d)
+                      * (Hr @ np.swapaxes(Hr, 1, 2))[:, :, None, :, None])
+            return G.reshape(C, B * d, B * d)
 
         def products_of(rows):
-            with jax.enable_x64(True):
-                xs = jnp.asarray(x[rows])
+            blocks = [(D[rows], H[rows] @ np.swapaxes(H[rows], 1, 2))
+                      for D, H in zip(deltas, inputs)]  # (C, B, d, m), (C, B, B)
 
             def prod(V):
-                with jax.enable_x64(True):
-                    V = jnp.asarray(V, jnp.float64).reshape(rows.shape + (d,))
-                    out = _ntk_products(spec, prob.params, xs, V)
-                return np.asarray(out).reshape(len(rows), -1)
+                V = np.asarray(V).reshape(rows.shape + (d,))
+                out = 0.0
+                for Dr, HH in blocks:
+                    z = np.einsum("cbo,cbom->cbm", V, Dr)  # sum_o v_o delta(x, o)
+                    out = out + np.einsum("cbom,cbm->cbo", Dr, HH @ z)
+                return out.reshape(len(rows), -1)
 
             return prod
 
@@ -454,7 +476,10 @@ def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
     full reorthogonalisation from a fixed start: ``matvec(V: (Q, n)) -> (Q, n)`` applies each
     operator to its own row. Stops when every Ritz value's residual is at most ``tol`` times
     it (or at ``n`` steps, where it is exact). ``(Q,)``."""
-    V = np.random.default_rng(0).standard_normal((Q, n))
+    # the start leans towards the all-ones vector, near the top eigenvector of a kernel whose
+    # points are positively correlated (the usual case: a few steps instead of tens), with a
+    # random part that keeps every other direction in reach
+    V = 1.0 + 0.3 * np.random.default_rng(0).standard_normal((Q, n))
     basis = [V / np.linalg.norm(V, axis=1, keepdims=True)]
     alphas, betas = [], []
     found, active = np.zeros(Q), np.ones(Q, bool)
@@ -482,20 +507,6 @@ def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
     return found
 
 
-@partial(jax.jit, static_argnums=0)
-def _ntk_products(spec, params, xs, V):
-    """:func:`_ntk_product` for every set of points ``xs: (C, B, d)`` with its own ``V: (C, B,
-    d_out)``."""
-    return jax.vmap(lambda x, v: _ntk_product(spec, params, x, v))(xs, V)
-
-
-def _ntk_product(spec, params, x, v):
-    """``J (J^T v)`` at the initialisation ``params`` for points ``x: (B, d)`` and ``v: (B,
-    d_out)``: the NTK of the points applied to ``v``, ``(B, d_out)``."""
-    _, jvp = _linearisation(spec, params, model.features(spec, params["fixed"], x))
-    return jvp(jax.linear_transpose(jvp, tuple(params["trainable"]))(v)[0])
-
-
 def _linearisation(spec, params, feats):
     """The network at the initialisation ``params`` on features ``feats: (B, f)``, linearised
     in its trained weights: ``(outputs (B, d_out), W -> J_0 W)`` (:func:`jax.linearize`)."""
@@ -504,10 +515,8 @@ def _linearisation(spec, params, feats):
                          tuple(params["trainable"]))
 
 
-@partial(jax.jit, static_argnums=0)
-def _set_grams(spec, params, xs):
-    """The NTK of every set of points ``xs: (C, B, d)``: ``(C, B, d_out, B, d_out)``."""
-    return jax.vmap(lambda x: diagnostics.ntk_cross_gram(spec, params, x, x))(xs)
+# the kernel's factors at a set of points: (deltas, inputs), compiled once per network shape
+_factors = jax.jit(diagnostics.backprop_vectors, static_argnums=0)
 
 
 _DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
@@ -771,6 +780,7 @@ def predict_many(exps, kind: str = "empirical", probe=None,
               else _grams(spec, params0, x_rows, x_train, kind))
     outs, sharp = [[] for _ in exps], [[] for _ in exps]
     for s, src in zip(range(ref.seeds), source):
+        seen = {}
         for i, e in enumerate(exps):
             cfg = e.run_config()
             prob = (linearised(src, x_rows, u0[s], y, masks[i], spec, orders[i]) if weights
@@ -781,7 +791,13 @@ def predict_many(exps, kind: str = "empirical", probe=None,
                     keys[s], jnp.asarray(masks[i]), cfg.tau, cfg.batch_size, cfg.rounds))
             outs[i].append(trajectory(cfg, prob, float(etas[i][s]), batches,
                                       spec=net)[:, rows[i]])
-            sharp[i].append(sharpness(cfg, prob, batches, spec=net))
+            # runs that step on the same sample sets (Local SGD, FedProx and SCAFFOLD from the
+            # same keys) share one sharpness
+            sets = _step_sets(cfg, prob, batches)
+            key = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in sets))
+            if key.hexdigest() not in seen:
+                seen[key.hexdigest()] = _largest_eigenvalue(prob, *sets, net)
+            sharp[i].append(seen[key.hexdigest()])
         del src, prob
     preds = []
     for i, e in enumerate(exps):

@@ -62,7 +62,10 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
     the step is ``c * unit / m`` at each of the ``tau`` local steps (:func:`step_unit`).
     Minibatch SGD takes one step a round, of the same size, on a minibatch of ``tau * b`` per
     client: the same gradients a round as Local SGD (equal computation); where the
-    smallest client holds fewer than ``tau * b`` samples, the minibatch is that many."""
+    smallest client holds fewer than ``tau * b`` samples, the minibatch is that many. Its budget
+    is ``tau`` times the rounds: the same number of steps as a Local SGD client takes, which in
+    the linearised regime is what it needs (each of its steps moves the model about as far as
+    one local step)."""
     m = setup["m"] if m is None else m
     tau, b = setup["tau"], setup["batch_size"]
     one_step = algorithm == "minibatch_sgd"
@@ -77,7 +80,8 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
         dataset=setup["dataset"], n=setup["n"], num_clients=setup["num_clients"],
         partition=partition, alpha=alpha, data_seed=setup["data_seed"],
         idx_images=setup.get("idx_images") or None, idx_labels=setup.get("idx_labels") or None,
-        m=m, L=setup["L"], algorithm=algorithm, rounds=setup["rounds"],
+        m=m, L=setup["L"], algorithm=algorithm,
+        rounds=setup["rounds"] * (tau if one_step else 1),
         tau=1 if one_step else tau, batch_size=min(tau * b, smallest) if one_step else b,
         eta=c * unit / m, eta_rule="fixed",
         eval_every=setup["eval_every"], metrics=metrics, seeds=setup["seeds"],
