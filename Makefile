@@ -1,4 +1,5 @@
-# make book   execute every notebook with papermill (PROFILE, default `default`), render the book
+# make book   execute every notebook with papermill (PROFILE, default `default`; JOBS chapters at
+#             once, default 2), render the book
 # make test   pytest (library tests and notebook smoke runs under the ci profile), then a
 #             Sphinx build of the book with warnings as errors and the tests of the rendered
 #             pages (offline math, no machine path, in headless Chromium at 400 and 1280 px)
@@ -22,6 +23,8 @@ ACCEL   ?= cpu
 # pytest workers (pytest-xdist): most of a test's time is one CPU core compiling or running one
 # small program, so two workers keep two cores busy
 TEST_WORKERS ?= 2
+# chapters executed at once by `make book` (a kernel each), for the same reason
+JOBS ?= 2
 
 JAX_PIN := $(shell sed -n 's/^jax==\([^ ]*\).*/\1/p' requirements.txt)
 ifeq ($(ACCEL),cuda)
@@ -64,7 +67,7 @@ accel-requirement:
 venv: $(ACCEL_STAMP)
 
 book: $(ACCEL_STAMP)
-	$(PY) -m localsgd_book.pipeline book --profile $(PROFILE) $(PARAMS)
+	$(PY) -m localsgd_book.pipeline book --profile $(PROFILE) --jobs $(JOBS) $(PARAMS)
 
 test: $(ACCEL_STAMP)
 	$(VENV)/bin/ruff check .

@@ -239,6 +239,56 @@ def test_failing_notebook_stops_the_build_naming_notebook_and_cell(root: Path) -
     assert pipeline.main(["run", "zz_boom", "--profile", "default", "--root", str(root)]) == 1
 
 
+SPAN = """import json, os, time
+start = time.time()
+time.sleep(2)
+os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
+name = os.environ["LOCALSGD_NOTEBOOK"] + ".span"
+with open(os.path.join(os.environ["LOCALSGD_RESULTS"], name), "w") as f:
+    json.dump([start, time.time()], f)
+"""
+SEEN = """import json, os
+with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "timings", "default.json")) as f:
+    seen = sorted(json.load(f)["notebooks"])
+with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "seen.json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def test_notebooks_run_at_once_and_the_last_after_every_other(root: Path, write_notebook,
+                                                               capsys) -> None:
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    for stem in ("a1", "a2"):
+        write_notebook(root / "notebooks" / f"{stem}.ipynb", "n = 1\n", SPAN)
+    write_notebook(root / "notebooks" / "report.ipynb", "n = 1\n", SEEN)
+    done = pipeline.execute("default", ["a1", "a2", "report"], root=root, jobs=2)
+    assert [d.name for d in done] == ["a1", "a2", "report"]  # in the plan's order
+    (s1, e1), (s2, e2) = (json.loads((results / f"{s}.span").read_text()) for s in ("a1", "a2"))
+    assert max(s1, s2) < min(e1, e2), "the two notebooks did not run at the same time"
+    # the last notebook starts once the others are recorded (it reports their run times)
+    assert json.loads((results / "seen.json").read_text()) == ["a1", "a2"]
+    timings = json.loads((results / "timings" / "default.json").read_text())["notebooks"]
+    assert set(timings) == {"a1", "a2", "report"}
+    out = capsys.readouterr().out
+    assert "[3/3] report ... ok (" in out and out.count(" ... ok (") == 3
+
+
+def test_a_failing_notebook_among_several_at_once_names_itself(root: Path) -> None:
+    results = Path(os.environ["LOCALSGD_RESULTS"])
+    with pytest.raises(pipeline.NotebookFailed) as info:
+        pipeline.execute("default", ["zz_boom", "tiny"], root=root, jobs=2)
+    assert info.value.notebook == "zz_boom" and "boom in the" in str(info.value)
+    timings = results / "timings" / "default.json"
+    assert not timings.exists() or "zz_boom" not in json.loads(timings.read_text())["notebooks"]
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_jobs_must_be_a_positive_integer(root: Path, jobs) -> None:
+    with pytest.raises(ValueError, match="jobs"):
+        pipeline.execute("default", ["tiny"], root=root, jobs=jobs)
+    assert _nothing_written(root)
+
+
 def test_execute_with_no_notebooks_is_a_no_op(tmp_path: Path) -> None:
     (tmp_path / "notebooks" / "profiles").mkdir(parents=True)
     (tmp_path / "notebooks" / "profiles" / "ci.yaml").write_text("{}\n")

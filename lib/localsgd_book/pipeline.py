@@ -2,8 +2,9 @@
 
 Command line (run from anywhere; paths resolve against the repository root)::
 
-    python -m localsgd_book.pipeline book    [--profile default] [--warnings-as-errors]
-    python -m localsgd_book.pipeline execute [--profile default] [NAME ...] [-p NAME VALUE ...]
+    python -m localsgd_book.pipeline book    [--profile default] [--warnings-as-errors] [--jobs 1]
+    python -m localsgd_book.pipeline execute [--profile default] [--jobs 1] [NAME ...]
+                                             [-p NAME VALUE ...]
     python -m localsgd_book.pipeline run NB  [--profile default] [-p NAME VALUE ...]
                                              [-r NAME VALUE ...]
     python -m localsgd_book.pipeline render  [--warnings-as-errors]
@@ -64,6 +65,9 @@ class NotebookFailed(RuntimeError):
     def __init__(self, notebook: str, message: str):
         super().__init__(message)
         self.notebook = notebook
+
+    def __reduce__(self):  # raised in a worker process of execute(jobs > 1), re-raised here
+        return type(self), (self.notebook, str(self))
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +152,7 @@ def execute(
     output_dir: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     log: Any = None,
+    jobs: int = 1,
 ) -> list[Executed]:
     """Execute notebooks with papermill under a profile.
 
@@ -156,9 +161,18 @@ def execute(
     :func:`resolve_parameters`) for every selected notebook before the first one runs.
     Outputs go to ``output_dir`` (default ``book/executed``) as ``<stem>.ipynb``.
 
+    ``jobs``: how many notebooks run at once, each in its own kernel (most of a chapter's time is
+    one core compiling or running one small program, so on two cores two chapters take little
+    longer than one). They start in the order of the last recorded run times of the profile,
+    longest first (table-of-contents order where none is recorded), and the last notebook starts
+    only when every other has finished: the book's last appendix reports their run times.
+
     Raises ValueError for a bad profile, notebook name or parameter, and NotebookFailed,
-    naming the notebook and the cell, when a notebook raises; notebooks after it do not run.
+    naming the notebook and the cell, when a notebook raises; notebooks after it do not run
+    (with ``jobs > 1``: none starts after it, those running finish).
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     lay = layout(root)
     entries = load_profile(profile, lay.root)
     paths = (
@@ -199,18 +213,81 @@ def execute(
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": os.environ.get(
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
     }
-    repo_url, branch = tidy.repository(lay.root / "_config.yml")
-    with _environ(**env):
-        for i, (path, params) in enumerate(plan, start=1):
-            say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
-            os.environ["LOCALSGD_NOTEBOOK"] = path.stem  # restored by _environ on exit
-            # the chapter's figure records describe its last run only
-            shutil.rmtree(results / "figures" / path.stem, ignore_errors=True)
-            item = _execute_one(path, params, out_dir, lay.root, timeout, say)
-            tidy.tidy_executed(item.output, profile, repo_url, branch)
-            _record_timing(results, profile, item)
-            done.append(item)
-    return done
+    one = _OneNotebook(env, out_dir, lay.root, timeout, profile,
+                       *tidy.repository(lay.root / "_config.yml"))
+    if jobs == 1 or len(plan) == 1:
+        with _environ(**env):
+            for i, (path, params) in enumerate(plan, start=1):
+                say(f"[{i}/{len(plan)}] {path.stem} ... ", end="")
+                item = one(path, params, say)
+                _record_timing(results, profile, item)
+                done.append(item)
+        return done
+    return _execute_at_once(plan, one, jobs, say, results, profile)
+
+
+@dataclass(frozen=True)
+class _OneNotebook:
+    """Executes one notebook of a plan and tidies it, in this process or in a worker."""
+
+    env: dict[str, str]
+    out_dir: Path
+    root: Path
+    timeout: float | None
+    profile: str
+    repo_url: str
+    branch: str
+
+    def __call__(self, path: Path, params: dict[str, Any], say: Any = None) -> Executed:
+        os.environ.update(self.env)
+        os.environ["LOCALSGD_NOTEBOOK"] = path.stem
+        # the chapter's figure records describe its last run only
+        shutil.rmtree(Path(self.env["LOCALSGD_RESULTS"]) / "figures" / path.stem,
+                      ignore_errors=True)
+        quiet = say is None
+        item = _execute_one(path, params, self.out_dir, self.root, self.timeout,
+                            (lambda msg, end="\n": None) if quiet else say)
+        tidy.tidy_executed(item.output, self.profile, self.repo_url, self.branch)
+        return item
+
+
+def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
+                     profile: str) -> list[Executed]:
+    """:func:`execute`'s plan, ``jobs`` notebooks at a time in worker processes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    seconds = _recorded_seconds(results, profile)
+    first = sorted(plan[:-1], key=lambda item: -seconds.get(item[0].stem, float("inf")))
+    done: dict[str, Executed] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for group in (first, plan[-1:]):
+            running = {pool.submit(one, path, params): path for path, params in group}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    path = running.pop(future)
+                    label = f"[{len(done) + 1}/{len(plan)}] {path.stem} ... "
+                    try:
+                        item = future.result()
+                    except BaseException:
+                        say(label + "FAILED")
+                        for other in running:
+                            other.cancel()
+                        raise
+                    say(label + f"ok ({item.seconds:.1f} s)")
+                    _record_timing(results, profile, item)
+                    done[path.stem] = item
+    return [done[path.stem] for path, _ in plan]
+
+
+def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
+    """The last recorded run time of every notebook under ``profile`` (none: empty)."""
+    try:
+        notebooks = json.loads((results / "timings" / f"{profile}.json").read_text())["notebooks"]
+        return {k: float(v["seconds"]) for k, v in notebooks.items()}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def _execute_one(
@@ -335,9 +412,11 @@ def book(
     *,
     root: str | os.PathLike[str] | None = None,
     extra_params: Mapping[str, Any] | None = None,
+    jobs: int = 1,
 ) -> list[Executed]:
-    """Execute every notebook under ``profile``, then render the book (see :func:`render`)."""
-    done = execute(profile, None, extra_params, root=root)
+    """Execute every notebook under ``profile`` (``jobs`` at a time, see :func:`execute`), then
+    render the book (see :func:`render`)."""
+    done = execute(profile, None, extra_params, root=root, jobs=jobs)
     render(warnings_as_errors, root=root)
     return done
 
@@ -403,13 +482,19 @@ def _parser() -> argparse.ArgumentParser:
             help="render with Sphinx's -W -n --keep-going",
         )
 
+    def add_jobs(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--jobs", type=int, default=1,
+                       help="notebooks executed at once (default 1; see execute())")
+
     p_book = sub.add_parser("book", help="execute every notebook, then render the book")
     add_profile(p_book)
     add_w(p_book)
+    add_jobs(p_book)
     _add_param_flags(p_book)
 
     p_exec = sub.add_parser("execute", help="execute notebooks (default: all) without rendering")
     add_profile(p_exec)
+    add_jobs(p_exec)
     p_exec.add_argument("names", nargs="*", help="notebook stems or paths (default: all)")
     _add_param_flags(p_exec)
 
@@ -432,9 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = parse_params(getattr(args, "param_tokens", None) or [])
         root = args.root
         if args.command == "book":
-            book(args.profile, args.warnings_as_errors, extra_params=extra, root=root)
+            book(args.profile, args.warnings_as_errors, extra_params=extra, root=root,
+                 jobs=args.jobs)
         elif args.command == "execute":
-            execute(args.profile, args.names or None, extra, root=root)
+            execute(args.profile, args.names or None, extra, root=root, jobs=args.jobs)
         elif args.command == "run":
             run(args.notebook, args.profile, extra, root=root)
         elif args.command == "render":
