@@ -23,7 +23,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize
 
 from .. import analysis, kernel
 from .. import experiments as ex
@@ -149,11 +148,40 @@ def width_axis(dg: Diagram, row: int, bootstrap: int = 1000) -> km.WidthAxis:
     return axis._replace(eps=None)
 
 
-def _negloglik(theta, logm, k, t):
-    centre, slope = theta
-    z = slope * (logm - centre)
-    # log sigmoid(z) and log(1 - sigmoid(z)), stably
-    return np.sum(t * np.logaddexp(0.0, -z) + (t - k) * z)
+def _logistic_fit(logm, k, t):
+    """Maximum-likelihood ``(a, b)`` of ``p = sigmoid(a + b log m)`` for binomial counts ``k``
+    of ``t`` trials at every ``logm: (C,)``, for any leading shape of ``k, t: (..., C)`` (every
+    count strictly between 0 and its trials): Newton's method on the convex negative
+    log-likelihood, from the weighted least-squares fit of the empirical logits, each step
+    halved until the likelihood does not fall. Returns ``a, b`` of the leading shape."""
+    frac = k / t
+    w = t * frac * (1 - frac)  # the logits' inverse variances
+    X = np.stack([np.ones_like(logm), logm], axis=-1)  # (C, 2)
+
+    def solve(H, g):  # H: (..., 2, 2), g: (..., 2)
+        return np.linalg.solve(H, g[..., None])[..., 0]
+
+    theta = solve(np.einsum("...c,ci,cj->...ij", w, X, X),
+                  np.einsum("...c,...c,ci->...i", w, np.log(frac / (1 - frac)), X))
+
+    def nll(theta):
+        z = theta @ X.T
+        return np.sum(t * np.logaddexp(0.0, -z) + (t - k) * z, axis=-1)
+
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(theta @ X.T)))
+        g = np.einsum("...c,ci->...i", t * p - k, X)
+        H = np.einsum("...c,ci,cj->...ij", t * p * (1 - p), X, X)
+        step, f0 = solve(H, g), nll(theta)
+        for _ in range(30):  # halve where the likelihood would fall
+            worse = nll(theta - step) > f0 + 1e-12 * np.abs(f0)
+            if not worse.any():
+                break
+            step = np.where(worse[..., None], step / 2, step)
+        theta = theta - step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    return theta[..., 0], theta[..., 1]
 
 
 def fit_threshold(widths, successes, trials) -> tuple[float, float]:
@@ -162,17 +190,21 @@ def fit_threshold(widths, successes, trials) -> tuple[float, float]:
     success and half a failure are added to every cell (a Jeffreys-like prior), so that a
     perfectly separated row still has a finite fit. Returns ``(m*, s)``; ``m* = nan`` when the
     row's fractions do not cross one half inside the grid (the threshold is not bracketed)."""
+    m_star, slope = fit_thresholds(widths, successes, trials)
+    return float(m_star), float(slope)
+
+
+def fit_thresholds(widths, successes, trials) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_threshold` of many rows at once: ``successes, trials: (..., C)`` -> ``(m*,
+    s)``, each of the leading shape."""
     logm = np.log(np.asarray(widths, float))
     k = np.asarray(successes, float) + 0.5
     t = np.asarray(trials, float) + 1.0
     frac = k / t
-    if not (frac.min() < 0.5 < frac.max()):
-        return np.nan, np.nan
-    start = np.array([np.mean(logm), 1.0])
-    res = optimize.minimize(_negloglik, start, args=(logm, k, t), method="Nelder-Mead",
-                            options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
-    centre, slope = res.x
-    return float(np.exp(np.clip(centre, -50.0, 50.0))), float(slope)
+    bracketed = (frac.min(axis=-1) < 0.5) & (0.5 < frac.max(axis=-1))
+    a, b = _logistic_fit(logm, k, t)
+    centre = np.clip(-a / b, -50.0, 50.0)
+    return np.where(bracketed, np.exp(centre), np.nan), np.where(bracketed, b, np.nan)
 
 
 def _bootstrap_grid(successes, trials, rng):
@@ -210,16 +242,12 @@ def threshold_growth(x, widths, successes, trials, bootstrap: int = 1000, seed: 
             f"{successes.shape} and {trials.shape}"
         )
     level = km.TOLERANCES["level"].value
-    fits = np.array([fit_threshold(widths, s, t) for s, t in zip(successes, trials)])
+    fits = np.stack(fit_thresholds(widths, successes, trials), axis=-1)  # (R, 2)
     rng = np.random.default_rng(seed)
-    boot, growth = [], []
-    for _ in range(bootstrap):
-        b = np.array([fit_threshold(widths, s, t)
-                      for s, t in zip(_bootstrap_grid(successes, trials, rng), trials)])
-        boot.append(b)
-        if np.all(np.isfinite(b[:, 0])):
-            growth.append(_growth(x, b[:, 0]))
-    boot = np.array(boot)  # (B, R, 2)
+    draws = np.stack([_bootstrap_grid(successes, trials, rng) for _ in range(bootstrap)])
+    boot = np.stack(fit_thresholds(widths, draws, np.broadcast_to(trials, draws.shape)),
+                    axis=-1)  # (B, R, 2)
+    growth = [_growth(x, b[:, 0]) for b in boot if np.all(np.isfinite(b[:, 0]))]
     q = [50 * (1 - level), 50 * (1 + level)]
     with warnings.catch_warnings():  # a row never bracketed gives an all-nan slice: nan
         warnings.simplefilter("ignore", RuntimeWarning)
