@@ -161,11 +161,11 @@ def execute(
     :func:`resolve_parameters`) for every selected notebook before the first one runs.
     Outputs go to ``output_dir`` (default ``book/executed``) as ``<stem>.ipynb``.
 
-    ``jobs``: how many notebooks run at once, each in its own kernel (most of a chapter's time is
-    one core compiling or running one small program, so on two cores two chapters take little
-    longer than one). They start in the order of the last recorded run times of the profile,
-    longest first (table-of-contents order where none is recorded), and the last notebook starts
-    only when every other has finished: the book's last appendix reports their run times.
+    ``jobs``: how many notebooks run at once, each in its own kernel (on two cores a chapter then
+    takes 1.4-1.9 times as long as alone, XLA's threads using both, so two still gain). They
+    start in the order of the last recorded run times of the profile, longest first
+    (table-of-contents order where none is recorded), and the last notebook starts only when
+    every other has finished: the book's last appendix reports their run times.
 
     Raises ValueError for a bad profile, notebook name or parameter, and NotebookFailed,
     naming the notebook and the cell, when a notebook raises; notebooks after it do not run
