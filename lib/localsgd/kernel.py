@@ -477,8 +477,8 @@ def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
     operator to its own row. Stops when every Ritz value's residual is at most ``tol`` times
     it (or at ``n`` steps, where it is exact). ``(Q,)``."""
     # the start leans towards the all-ones vector, near the top eigenvector of a kernel whose
-    # points are positively correlated (the usual case: a few steps instead of tens), with a
-    # random part that keeps every other direction in reach
+    # points are positively correlated (chapter 11's minibatches: 64 steps instead of 72), with
+    # a random part that keeps every other direction in reach
     V = 1.0 + 0.3 * np.random.default_rng(0).standard_normal((Q, n))
     basis = [V / np.linalg.norm(V, axis=1, keepdims=True)]
     alphas, betas = [], []
