@@ -794,10 +794,10 @@ def predict_many(exps, kind: str = "empirical", probe=None,
             # runs that step on the same sample sets (Local SGD, FedProx and SCAFFOLD from the
             # same keys) share one sharpness
             sets = _step_sets(cfg, prob, batches)
-            key = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in sets))
-            if key.hexdigest() not in seen:
-                seen[key.hexdigest()] = _largest_eigenvalue(prob, *sets, net)
-            sharp[i].append(seen[key.hexdigest()])
+            key = hashlib.sha1(b"".join(np.ascontiguousarray(a).tobytes() for a in sets)).digest()
+            if key not in seen:
+                seen[key] = _largest_eigenvalue(prob, *sets, net)
+            sharp[i].append(seen[key])
         del src, prob
     preds = []
     for i, e in enumerate(exps):

@@ -84,15 +84,21 @@ class Executed:
     parameters: dict[str, Any]
 
 
+def _timings(results: Path, profile: str) -> dict:
+    """The run times recorded under ``profile`` (``{"notebooks": {stem: {"seconds", ...}},
+    ...}``), or an empty record where there is none or it is unreadable."""
+    try:
+        data = json.loads((results / "timings" / f"{profile}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"notebooks": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("notebooks"), dict):
+        return {"notebooks": {}}
+    return data
+
+
 def _record_timing(results: Path, profile: str, item: Executed) -> None:
     path = results / "timings" / f"{profile}.json"
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("notebooks"), dict):
-            data = {}
-    except (FileNotFoundError, json.JSONDecodeError):
-        data = {}
-    data.setdefault("notebooks", {})
+    data = _timings(results, profile)
     data["profile"] = profile
     data["machine"] = {
         "python": platform.python_version(),
@@ -226,6 +232,10 @@ def execute(
     return _execute_at_once(plan, one, jobs, say, results, profile)
 
 
+def _silent(msg: str, end: str = "\n") -> None:
+    """The progress lines of a notebook run in a worker: the parent reports it."""
+
+
 @dataclass(frozen=True)
 class _OneNotebook:
     """Executes one notebook of a plan and tidies it, in this process or in a worker."""
@@ -238,15 +248,13 @@ class _OneNotebook:
     repo_url: str
     branch: str
 
-    def __call__(self, path: Path, params: dict[str, Any], say: Any = None) -> Executed:
+    def __call__(self, path: Path, params: dict[str, Any], say: Any = _silent) -> Executed:
         os.environ.update(self.env)
         os.environ["LOCALSGD_NOTEBOOK"] = path.stem
         # the chapter's figure records describe its last run only
         shutil.rmtree(Path(self.env["LOCALSGD_RESULTS"]) / "figures" / path.stem,
                       ignore_errors=True)
-        quiet = say is None
-        item = _execute_one(path, params, self.out_dir, self.root, self.timeout,
-                            (lambda msg, end="\n": None) if quiet else say)
+        item = _execute_one(path, params, self.out_dir, self.root, self.timeout, say)
         tidy.tidy_executed(item.output, self.profile, self.repo_url, self.branch)
         return item
 
@@ -282,12 +290,12 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
 
 
 def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
-    """The last recorded run time of every notebook under ``profile`` (none: empty)."""
-    try:
-        notebooks = json.loads((results / "timings" / f"{profile}.json").read_text())["notebooks"]
-        return {k: float(v["seconds"]) for k, v in notebooks.items()}
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return {}
+    """The last recorded run time of every notebook under ``profile`` that has one."""
+    out = {}
+    for stem, entry in _timings(results, profile)["notebooks"].items():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            out[stem] = float(entry["seconds"])
+    return out
 
 
 def _execute_one(
