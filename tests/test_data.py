@@ -108,6 +108,22 @@ def test_to_clients_unequal_parts():
         assert np.all(cd.x[k, len(p):] == 0) and np.all(cd.y[k, len(p):] == 0)
 
 
+def test_to_clients_pads_to_the_rows_asked_for_and_refuses_fewer_than_the_largest_client():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    y = rng.standard_normal((10, 2)).astype(np.float32)
+    parts = [np.array([7]), np.array([0, 2, 4, 9]), np.array([1, 3, 5, 6, 8])]
+    bare, padded = dt.to_clients(x, y, parts), dt.to_clients(x, y, parts, rows=8)
+    assert padded.x.shape == (3, 8, 3) and padded.mask.shape == (3, 8)
+    np.testing.assert_array_equal(padded.sizes, bare.sizes)
+    np.testing.assert_array_equal(padded.weight, bare.weight)
+    np.testing.assert_array_equal(padded.x[:, :5], bare.x)
+    assert np.all(padded.x[:, 5:] == 0) and np.all(padded.mask[:, 5:] == 0)
+    for bad in (4, -1, 2.5, True):
+        with pytest.raises(ValueError, match="rows"):
+            dt.to_clients(x, y, parts, rows=bad)
+
+
 @pytest.mark.parametrize(
     "parts, match",
     [

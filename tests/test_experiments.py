@@ -117,6 +117,7 @@ def test_band():
         ({"seeds": 0}, "seeds"),
         ({"seed": -1}, "seed"),
         ({"data_seed": -1}, "data_seed"),
+        ({"client_rows": -1}, "client_rows"),
         ({"targets": "noise"}, "targets"),
         ({"dataset": "idx"}, "idx_images"),
         ({"arch": "cnn"}, "arch"),
@@ -157,6 +158,25 @@ def test_batch_size_larger_than_a_client_is_refused_before_work(results_dir, mon
     with pytest.raises(ValueError, match="batch_size"):
         ex.run(exp)
     assert not (results_dir / "cache").exists() or not any((results_dir / "cache").iterdir())
+
+
+def test_client_rows_below_the_largest_client_is_refused_before_work(results_dir, monkeypatch):
+    monkeypatch.setattr("localsgd.engine.sweep", lambda *a, **k: pytest.fail("sweep ran"))
+    with pytest.raises(ValueError, match="client_rows"):
+        ex.run(BASE.replace(client_rows=7))  # clients hold 8 samples each
+
+
+def test_padding_changes_neither_a_full_batch_run_nor_its_kernel_model():
+    """Local GD reads every real row and no padding: the same losses with clients padded to 8
+    (their size) and to 13 rows; so does its kernel model."""
+    from localsgd import kernel
+
+    exp = BASE.replace(dtype="float64", rounds=6, eval_every=2, metrics=("loss", "outputs"))
+    bare, padded = ex.run(exp, cache=False), ex.run(exp.replace(client_rows=13), cache=False)
+    assert ex.load_data(exp.replace(client_rows=13))[0].mask.shape[1] == 13
+    np.testing.assert_allclose(padded.metrics["loss"], bare.metrics["loss"], rtol=1e-10)
+    np.testing.assert_allclose(kernel.predict(padded.config).loss, kernel.predict(exp).loss,
+                               rtol=1e-10)
 
 
 def test_digits_n_too_large_is_refused():

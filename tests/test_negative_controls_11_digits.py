@@ -27,6 +27,7 @@ def chapter_checks(setup=SETUP):
     """The notebook's runs and verdict at small sizes: the theorems'-step grid against its
     kernel models (with test predictions) and the width axis of Local SGD on the iid split,
     with the test predictions at its widest width."""
+    setup = dict(setup, client_rows=cd.client_rows(setup, PARTITIONS))  # as the notebook pads
     unit = cd.step_unit(setup)
     exps = {(p, a): cd.experiment(setup, a, *p, C / setup["tau"], unit)
             for p in PARTITIONS for a in ALGORITHMS}

@@ -483,11 +483,13 @@ def partition(
     return [np.sort(p) for p in parts]
 
 
-def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
-    """Gathers a :class:`ClientData` from samples ``x: (n, d)``, ``y: (n, d_out)`` and a partition.
+def to_clients(x, y, parts: list[np.ndarray], rows: int = 0) -> ClientData:
+    """Gathers a :class:`ClientData` from samples ``x: (n, d)``, ``y: (n, d_out)`` and a partition,
+    each client padded to ``rows`` (0: the largest client's size).
 
-    Raises ValueError where the partition does not cover every sample exactly once or the data is
-    refused by :func:`check_samples`.
+    Raises ValueError where the partition does not cover every sample exactly once, where
+    ``rows`` is below the largest client's size, or where the data is refused by
+    :func:`check_samples`.
     """
     x, y = check_samples(x, y)
     flat = np.concatenate(parts) if parts else np.array([], int)
@@ -506,6 +508,11 @@ def to_clients(x, y, parts: list[np.ndarray]) -> ClientData:
             f"parts must give every client at least one sample, got empty clients {empty}"
         )
     K, n_max = len(parts), max(len(p) for p in parts)
+    if isinstance(rows, bool) or not isinstance(rows, int | np.integer) or 0 < rows < n_max \
+            or rows < 0:
+        raise ValueError(f"rows must be 0 or at least the largest client's {n_max} samples, "
+                         f"got {rows!r}")
+    n_max = max(n_max, int(rows))
     cx = np.zeros((K, n_max, x.shape[1]), np.float32)
     cy = np.zeros((K, n_max, y.shape[1]), np.float32)
     mask = np.zeros((K, n_max), np.float32)

@@ -19,7 +19,7 @@ from .. import analysis, experiments, theory
 from . import Check, Tolerance
 from . import kernel_model as km
 
-__all__ = ["TOLERANCES", "accuracy", "accuracy_gap", "digits", "experiment", "grid_checks",
+__all__ = ["TOLERANCES", "accuracy", "accuracy_gap", "client_rows", "digits", "experiment", "grid_checks",
            "kernel_accuracy", "rounds_to", "step_unit", "verdict_checks"]
 
 TOLERANCES = {
@@ -58,7 +58,9 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
                                                                "test_outputs")):
     """One run of the chapter: ``setup`` holds the data, network and run fields shared by every
     run (``dataset``, ``n``, ``num_clients``, ``data_seed``, ``idx_images``, ``idx_labels``,
-    ``m``, ``L``, ``tau``, ``batch_size``, ``rounds``, ``eval_every``, ``seeds``, ``prox_mu``);
+    ``m``, ``L``, ``tau``, ``batch_size``, ``rounds``, ``eval_every``, ``seeds``, ``prox_mu``,
+    and optionally ``client_rows``: one padding for every partition, so that the runs of an
+    algorithm share their compiled programs, see :func:`client_rows`);
     the step is ``c * unit / m`` at each of the ``tau`` local steps (:func:`step_unit`).
     Minibatch SGD takes one step a round, of the same size, on a minibatch of ``tau * b`` per
     client: the same gradients a round as Local SGD (equal computation); where the
@@ -79,6 +81,7 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
     return experiments.Experiment(
         dataset=setup["dataset"], n=setup["n"], num_clients=setup["num_clients"],
         partition=partition, alpha=alpha, data_seed=setup["data_seed"],
+        client_rows=setup.get("client_rows", 0),
         idx_images=setup.get("idx_images") or None, idx_labels=setup.get("idx_labels") or None,
         m=m, L=setup["L"], algorithm=algorithm,
         rounds=setup["rounds"] * (tau if one_step else 1),
@@ -86,6 +89,15 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
         eta=c * unit / m, eta_rule="fixed",
         eval_every=setup["eval_every"], metrics=metrics, seeds=setup["seeds"],
         prox_mu=setup["prox_mu"] if algorithm == "fedprox" else 0.0)
+
+
+def client_rows(setup: Mapping, partitions) -> int:
+    """The largest client's size over the ``(partition, alpha)`` splits of ``setup``'s data:
+    padded to it, every split's arrays have one shape, and the runs of one algorithm compile
+    once for all partitions (:class:`localsgd.experiments.Experiment`'s ``client_rows``)."""
+    bare = dict(setup, client_rows=0)
+    return max(int(experiments.load_data(experiment(bare, "local_sgd", p, a, 1.0))[0].sizes.max())
+               for p, a in partitions)
 
 
 def digits(exp, points: int = 0) -> tuple:
