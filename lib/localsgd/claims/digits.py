@@ -19,8 +19,8 @@ from .. import analysis, experiments, theory
 from . import Check, Tolerance
 from . import kernel_model as km
 
-__all__ = ["TOLERANCES", "accuracy", "accuracy_gap", "client_rows", "digits", "experiment", "grid_checks",
-           "kernel_accuracy", "rounds_to", "step_unit", "verdict_checks"]
+__all__ = ["TOLERANCES", "accuracy", "accuracy_gap", "client_rows", "digits", "experiment",
+           "grid_checks", "kernel_accuracy", "rounds_to", "step_unit", "verdict_checks"]
 
 TOLERANCES = {
     "sqrt_m_distance": Tolerance(
