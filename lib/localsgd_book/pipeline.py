@@ -38,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -298,6 +299,16 @@ def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
     return out
 
 
+def _kernel_sockets(directory: str):
+    """The kernel's connection as files in ``directory`` (ZeroMQ's ``ipc`` transport), not TCP
+    ports: kernels started at the same moment by ``--jobs`` workers pick their TCP ports
+    independently and can pick the same one (a heartbeat that cannot bind, replies on another
+    kernel's socket); a directory of a notebook's own cannot be shared."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(directory) / "kernel")}})
+
+
 def _execute_one(
     path: Path, params: dict[str, Any], out_dir: Path, root: Path, timeout: float | None, say: Any
 ) -> Executed:
@@ -309,17 +320,19 @@ def _execute_one(
     output = out_dir / f"{path.stem}.ipynb"
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(output),
-            parameters=params,
-            kernel_name=KERNEL_NAME,
-            cwd=str(root),
-            progress_bar=False,
-            execution_timeout=timeout,
-            # keep the kernel process's own start-up chatter off the progress lines
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )
+        with tempfile.TemporaryDirectory(prefix="kernel-") as sockets:
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=params,
+                kernel_name=KERNEL_NAME,
+                cwd=str(root),
+                progress_bar=False,
+                execution_timeout=timeout,
+                # keep the kernel process's own start-up chatter off the progress lines
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                config=_kernel_sockets(sockets),
+            )
     except PapermillExecutionError as exc:
         say(f"FAILED ({time.perf_counter() - start:.1f} s)")
         message = (
