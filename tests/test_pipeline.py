@@ -279,21 +279,6 @@ def test_notebooks_run_at_once_and_the_last_after_every_other(root: Path, write_
     assert "[3/3] report ... ok (" in out and out.count(" ... ok (") == 3
 
 
-def test_with_no_run_of_its_own_the_longest_chapters_by_the_carried_times_start_first(
-        root: Path, write_notebook) -> None:
-    results = Path(os.environ["LOCALSGD_RESULTS"])
-    for stem in ("b1", "b2", "b3"):
-        write_notebook(root / "notebooks" / f"{stem}.ipynb", "n = 1\n", SPAN)
-    write_notebook(root / "notebooks" / "report.ipynb", "n = 1\n", "n = 2\n")
-    (root / "notebooks" / "profiles" / "run_times.json").write_text(
-        json.dumps({"default": {"b1": 10, "b2": 20, "b3": 30}}))
-    pipeline.execute("default", ["b1", "b2", "b3", "report"], root=root, jobs=2)
-    (s1, _, *_), (_, e2, *_), (_, e3, *_) = (
-        json.loads((results / f"{s}.span").read_text()) for s in ("b1", "b2", "b3"))
-    # b3 and b2 first, in the book's order b1 would have been among the first two
-    assert s1 > min(e2, e3), "the shortest chapter started before a longer one had finished"
-
-
 def test_a_failing_notebook_among_several_at_once_names_itself(root: Path) -> None:
     results = Path(os.environ["LOCALSGD_RESULTS"])
     with pytest.raises(pipeline.NotebookFailed) as info:

@@ -230,8 +230,7 @@ def execute(
                 _record_timing(results, profile, item)
                 done.append(item)
         return done
-    expected = _expected_seconds(lay.profiles / "run_times.json", results, profile)
-    return _execute_at_once(plan, one, jobs, say, results, profile, expected)
+    return _execute_at_once(plan, one, jobs, say, results, profile)
 
 
 def _silent(msg: str, end: str = "\n") -> None:
@@ -261,13 +260,13 @@ class _OneNotebook:
         return item
 
 
-def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path, profile: str,
-                     seconds: Mapping[str, float]) -> list[Executed]:
-    """:func:`execute`'s plan, ``jobs`` notebooks at a time in worker processes, the longest by
-    ``seconds`` (:func:`_expected_seconds`) first, the last one after all others."""
+def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
+                     profile: str) -> list[Executed]:
+    """:func:`execute`'s plan, ``jobs`` notebooks at a time in worker processes."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    seconds = _recorded_seconds(results, profile)
     first = sorted(plan[:-1], key=lambda item: -seconds.get(item[0].stem, float("inf")))
     done: dict[str, Executed] = {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -289,18 +288,6 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path, pro
                     _record_timing(results, profile, item)
                     done[path.stem] = item
     return [done[path.stem] for path, _ in plan]
-
-
-def _expected_seconds(carried: Path, results: Path, profile: str) -> dict[str, float]:
-    """Every notebook's expected run time under ``profile``, which decides the order in which
-    ``--jobs`` starts them (the longest first, so that no worker waits alone on a long chapter
-    at the end): its last recorded run time, else the one the repository carries in
-    ``carried`` (``{profile: {stem: seconds}}``, run times measured on two cores, for a fresh
-    clone, which has none of its own; only their order matters)."""
-    out = {}
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
-        out = {str(k): float(v) for k, v in json.loads(carried.read_text())[profile].items()}
-    return {**out, **_recorded_seconds(results, profile)}
 
 
 def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
