@@ -153,18 +153,9 @@ def _image(C, u, rows, w, y):
     return jnp.einsum("bo,bm->mo", r, C)
 
 
-def _step_rows(prob, stochastic: bool, idx):
-    """Every client's step samples ``(rows (K, B), weights (K, B))``: its full data (``idx``
-    None) or the minibatch rows ``idx: (K, b)``."""
-    if not stochastic:
-        return prob.pos, prob.mask / prob.mask.sum(axis=1, keepdims=True)
-    rows = jnp.take_along_axis(prob.pos, idx, axis=1)
-    return rows, jnp.full(rows.shape, 1.0 / idx.shape[1])
-
-
 def _client_rows(prob, stochastic: bool, k, idx):
-    """Client ``k``'s step samples ``(rows (B,), weights (B,))``, as :func:`_step_rows` gives
-    them for every client: its full data (``idx`` None) or its minibatch rows ``idx: (b,)``."""
+    """Client ``k``'s step samples ``(rows (B,), weights (B,))``: its full data (``idx`` None)
+    or its minibatch rows ``idx: (b,)``."""
     pos, mask = prob.pos[k], prob.mask[k]
     if not stochastic:
         return pos, mask / mask.sum()
@@ -259,7 +250,8 @@ def _trajectory(cfg: RunConfig, prob, eta, batches, local: bool, spec=None):
     def one_round(c, batch):  # batch: (tau, K, b) minibatch rows, or None
         Wbar, states = c
         if alg.server_gradient:  # the clients' gradients averaged: one on all their rows
-            rows, w = _step_rows(prob, alg.stochastic, batch[0])
+            rows, w = jax.vmap(partial(_client_rows, prob, alg.stochastic))(jnp.arange(K),
+                                                                             batch[0])
             g = grad_on(Wbar, rows.reshape(-1), (w * prob.weight[:, None]).reshape(-1))
             new = jax.tree.map(lambda w, gl: w - eta * gl, Wbar, g)
             return (new, states), (broadcast(new) if local else None)
