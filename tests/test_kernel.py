@@ -449,4 +449,6 @@ def test_sharpness_by_lanczos_is_the_dense_one(monkeypatch, space):
     monkeypatch.setattr(kernel, "_DENSE_EIG", 0)
     lanczos = kernel.sharpness(cfg, seed.problem, seed.batches, spec=seed.spec)
     assert dense > 0
-    np.testing.assert_allclose(lanczos, dense, rtol=1e-8)
+    # Lanczos stops at a relative residual of kernel._LANCZOS_TOL, the eigenvalue's error bound
+    np.testing.assert_allclose(lanczos, dense, rtol=kernel._LANCZOS_TOL)
+    assert lanczos <= dense * (1 + 1e-6)  # a Ritz value, from below (to float32 products)

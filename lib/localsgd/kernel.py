@@ -397,7 +397,8 @@ def _largest_eigenvalue(prob, rows, w, spec):
         chunk = max(1, 2 ** 22 // (size * _LANCZOS_STEPS))
         for lo in range(0, rows.shape[0], chunk):
             prod, s = products_of(rows[lo:lo + chunk]), sw[lo:lo + chunk]
-            lam = top_eigenvalues(lambda V, p=prod, s=s: s * p(s * V), len(s), size)
+            lam = top_eigenvalues(lambda V, p=prod, s=s: s * p(s * V), len(s), size,
+                                  tol=_LANCZOS_TOL)
             worst = max(worst, float(lam.max()))
         return worst
     worst = 0.0
@@ -441,16 +442,20 @@ def _block_kernels(prob, spec):
             return G.reshape(C, B * d, B * d)
 
         def products_of(rows):
-            blocks = [(D[rows], H[rows] @ np.swapaxes(H[rows], 1, 2))
+            # in float32: a product streams the (C, B, d, m) deltas through memory, at half the
+            # bytes (2.6 times as fast for chapter 11's pooled minibatches), 1e-7 relative error,
+            # below Lanczos's tolerance (_LANCZOS_TOL)
+            blocks = [(D[rows].astype(np.float32),
+                       (H[rows] @ np.swapaxes(H[rows], 1, 2)).astype(np.float32))
                       for D, H in zip(deltas, inputs)]  # (C, B, d, m), (C, B, B)
 
             def prod(V):
-                V = np.asarray(V).reshape(rows.shape + (d,))
+                V = np.asarray(V, np.float32).reshape(rows.shape + (d,))
                 out = 0.0
                 for Dr, HH in blocks:
                     z = np.einsum("cbo,cbom->cbm", V, Dr)  # sum_o v_o delta(x, o)
                     out = out + np.einsum("cbom,cbm->cbo", Dr, HH @ z)
-                return out.reshape(len(rows), -1)
+                return np.asarray(out, np.float64).reshape(len(rows), -1)
 
             return prod
 
@@ -529,6 +534,9 @@ _factors = jax.jit(diagnostics.backprop_vectors, static_argnums=0)
 
 _DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
 _LANCZOS_STEPS = 64  # the Lanczos steps a chunk of blocks is sized for (its basis in memory)
+# Lanczos stops at a Ritz residual of this fraction of the eigenvalue, which then has at most that
+# relative error: the critical step's check reads it to two digits
+_LANCZOS_TOL = 1e-5
 
 
 # -- the kernel model of an experiment ---------------------------------------------------------
