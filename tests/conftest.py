@@ -6,9 +6,19 @@ import os
 import textwrap
 from pathlib import Path
 
-import jax
 import nbformat
 import pytest
+
+from localsgd_book import cores
+
+# every pytest-xdist worker on cores of its own, before numpy and XLA size their thread pools:
+# two workers whose pools both span every core slow each other (localsgd_book.cores)
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    _share = cores.shares(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    if _share:
+        cores.pin(_share[int(os.environ["PYTEST_XDIST_WORKER"][2:]) % len(_share)])
+
+import jax  # noqa: E402
 
 
 def pytest_configure(config):

@@ -17,6 +17,7 @@ import pytest
 
 from localsgd.claims import Check
 from localsgd_book import (
+    cores,
     layout,
     parameters,
     pipeline,
@@ -247,7 +248,8 @@ os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
 name = os.environ["LOCALSGD_NOTEBOOK"] + ".span"
 app = IPKernelApp.instance()
 with open(os.path.join(os.environ["LOCALSGD_RESULTS"], name), "w") as f:
-    json.dump([start, time.time(), app.transport, app.ip], f)
+    json.dump([start, time.time(), app.transport, app.ip,
+               sorted(os.sched_getaffinity(0)), os.environ.get("OPENBLAS_NUM_THREADS")], f)
 """
 SEEN = """import json, os
 with open(os.path.join(os.environ["LOCALSGD_RESULTS"], "timings", "default.json")) as f:
@@ -265,12 +267,16 @@ def test_notebooks_run_at_once_and_the_last_after_every_other(root: Path, write_
     write_notebook(root / "notebooks" / "report.ipynb", "n = 1\n", SEEN)
     done = pipeline.execute("default", ["a1", "a2", "report"], root=root, jobs=2)
     assert [d.name for d in done] == ["a1", "a2", "report"]  # in the plan's order
-    (s1, e1, t1, ip1), (s2, e2, t2, ip2) = (json.loads((results / f"{s}.span").read_text())
-                                            for s in ("a1", "a2"))
+    (s1, e1, t1, ip1, c1, b1), (s2, e2, t2, ip2, c2, b2) = (
+        json.loads((results / f"{s}.span").read_text()) for s in ("a1", "a2"))
     assert max(s1, s2) < min(e1, e2), "the two notebooks did not run at the same time"
     # each kernel's sockets are files in a directory of its own, not TCP ports two kernels
     # started together could both pick
     assert t1 == t2 == "ipc" and Path(ip1).parent != Path(ip2).parent
+    # and each kernel runs on cores of its own, its BLAS with as many threads
+    if len(cores.available()) >= 2:
+        assert not set(c1) & set(c2) and sorted(c1 + c2) == list(cores.available())
+        assert (b1, b2) == (str(len(c1)), str(len(c2)))
     # the last notebook starts once the others are recorded (it reports their run times)
     assert json.loads((results / "seen.json").read_text()) == ["a1", "a2"]
     timings = json.loads((results / "timings" / "default.json").read_text())["notebooks"]

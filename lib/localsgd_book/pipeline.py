@@ -47,7 +47,7 @@ from typing import Any
 
 from localsgd.store import write_json_atomic
 
-from . import records, scoreboard, sitefiles, tidy
+from . import cores, records, scoreboard, sitefiles, tidy
 from .layout import (
     layout,
     list_notebooks,
@@ -168,8 +168,9 @@ def execute(
     :func:`resolve_parameters`) for every selected notebook before the first one runs.
     Outputs go to ``output_dir`` (default ``book/executed``) as ``<stem>.ipynb``.
 
-    ``jobs``: how many notebooks run at once, each in its own kernel (on two cores a chapter then
-    takes 1.4-1.9 times as long as alone, XLA's threads using both, so two still gain). They
+    ``jobs``: how many notebooks run at once, each in its own kernel, on a share of the cores of
+    its own (:mod:`localsgd_book.cores`: kernels whose thread pools span every core slow each
+    other more than they gain). They
     start in the order of the last recorded run times of the profile, longest first
     (table-of-contents order where none is recorded), and the last notebook starts only when
     every other has finished: the book's last appendix reports their run times.
@@ -269,7 +270,12 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
     seconds = _recorded_seconds(results, profile)
     first = sorted(plan[:-1], key=lambda item: -seconds.get(item[0].stem, float("inf")))
     done: dict[str, Executed] = {}
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    free = context.Queue()  # every worker takes a share of the cores of its own
+    for share in cores.shares(jobs):
+        free.put(share)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_take_share,
+                             initargs=(free,)) as pool:
         for group in (first, plan[-1:]):
             running = {pool.submit(one, path, params): path for path, params in group}
             while running:
@@ -288,6 +294,15 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
                     _record_timing(results, profile, item)
                     done[path.stem] = item
     return [done[path.stem] for path, _ in plan]
+
+
+def _take_share(free) -> None:
+    """A worker's start: it and the kernels it starts run on a share of the cores taken from
+    the queue ``free`` (:func:`localsgd_book.cores.pin`), none if it is empty."""
+    import queue
+
+    with contextlib.suppress(queue.Empty):
+        cores.pin(free.get(timeout=1))
 
 
 def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
