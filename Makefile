@@ -20,11 +20,11 @@ PROFILE ?= default
 NB      ?=
 PARAMS  ?=
 ACCEL   ?= cpu
-# pytest workers (pytest-xdist): most of a test's time is one CPU core compiling or running one
-# small program, so two workers keep two cores busy
+# pytest workers (pytest-xdist), each pinned to its own share of the cores (tests/conftest.py):
+# most of a test's time is one core compiling or running one small program
 TEST_WORKERS ?= 2
-# chapters executed at once by `make book` (a kernel each): on two cores each chapter takes
-# 1.4-1.9 times as long as alone (XLA's own threads use both), so two at once still gain
+# chapters executed at once by `make book`, a kernel each on its own share of the cores
+# (localsgd_book.cores)
 JOBS ?= 2
 
 JAX_PIN := $(shell sed -n 's/^jax==\([^ ]*\).*/\1/p' requirements.txt)

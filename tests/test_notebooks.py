@@ -126,6 +126,17 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(notebook: Path) -> N
     assert parameters.notebook_parameters(notebook), f"{notebook.name}: parameters cell is empty"
 
 
+def test_the_carried_run_times_name_every_notebook_and_no_other() -> None:
+    """``notebooks/profiles/run_times.json`` orders a fresh clone's ``make book --jobs``: a
+    chapter missing from it, or one renamed, would start out of its order."""
+    carried = json.loads((ROOT / "notebooks" / "profiles" / "run_times.json").read_text())
+    stems = {p.stem for p in NOTEBOOKS}
+    for profile, seconds in carried.items():
+        assert profile in parameters.available_profiles(ROOT), profile
+        assert set(seconds) == stems, (profile, sorted(set(seconds) ^ stems))
+        assert all(isinstance(v, int | float) and v > 0 for v in seconds.values()), profile
+
+
 @pytest.mark.parametrize("profile", parameters.available_profiles(ROOT) or ["ci"])
 def test_profiles_name_existing_notebooks_and_valid_parameters(profile: str) -> None:
     if not NOTEBOOKS:

@@ -170,10 +170,10 @@ def execute(
 
     ``jobs``: how many notebooks run at once, each in its own kernel, on a share of the cores of
     its own (:mod:`localsgd_book.cores`: kernels whose thread pools span every core slow each
-    other more than they gain). They
-    start in the order of the last recorded run times of the profile, longest first
-    (table-of-contents order where none is recorded), and the last notebook starts only when
-    every other has finished: the book's last appendix reports their run times.
+    other more than they gain). They start longest first, by the last recorded run times of the
+    profile, else by those the repository carries (``notebooks/profiles/run_times.json``, see
+    :func:`_expected_seconds`), else in table-of-contents order, and the last notebook starts
+    only when every other has finished: the book's last appendix reports their run times.
 
     Raises ValueError for a bad profile, notebook name or parameter, and NotebookFailed,
     naming the notebook and the cell, when a notebook raises; notebooks after it do not run
@@ -231,7 +231,8 @@ def execute(
                 _record_timing(results, profile, item)
                 done.append(item)
         return done
-    return _execute_at_once(plan, one, jobs, say, results, profile)
+    expected = _expected_seconds(lay.profiles / "run_times.json", results, profile)
+    return _execute_at_once(plan, one, jobs, say, results, profile, expected)
 
 
 def _silent(msg: str, end: str = "\n") -> None:
@@ -261,13 +262,13 @@ class _OneNotebook:
         return item
 
 
-def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path,
-                     profile: str) -> list[Executed]:
-    """:func:`execute`'s plan, ``jobs`` notebooks at a time in worker processes."""
+def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path, profile: str,
+                     seconds: Mapping[str, float]) -> list[Executed]:
+    """:func:`execute`'s plan, ``jobs`` notebooks at a time in worker processes, the longest by
+    ``seconds`` (:func:`_expected_seconds`) first, the last one after all others."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    seconds = _recorded_seconds(results, profile)
     first = sorted(plan[:-1], key=lambda item: -seconds.get(item[0].stem, float("inf")))
     done: dict[str, Executed] = {}
     context = multiprocessing.get_context("spawn")
@@ -303,6 +304,18 @@ def _take_share(free) -> None:
 
     with contextlib.suppress(queue.Empty):
         cores.pin(free.get(timeout=1))
+
+
+def _expected_seconds(carried: Path, results: Path, profile: str) -> dict[str, float]:
+    """Every notebook's expected run time under ``profile``, which decides the order in which
+    ``--jobs`` starts them (the longest first, so that no worker waits alone on a long chapter
+    at the end): its last recorded run time, else the one the repository carries in
+    ``carried`` (``{profile: {stem: seconds}}``, run times of a fresh clone's build, for a
+    fresh clone, which has none of its own; only their order matters)."""
+    out = {}
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
+        out = {str(k): float(v) for k, v in json.loads(carried.read_text())[profile].items()}
+    return {**out, **_recorded_seconds(results, profile)}
 
 
 def _recorded_seconds(results: Path, profile: str) -> dict[str, float]:
