@@ -14,9 +14,9 @@ from localsgd_book import cores
 # every pytest-xdist worker on cores of its own, before numpy and XLA size their thread pools:
 # two workers whose pools both span every core slow each other (localsgd_book.cores)
 if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
-    _share = cores.shares(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    if _share:
-        cores.pin(_share[int(os.environ["PYTEST_XDIST_WORKER"][2:]) % len(_share)])
+    _shares = cores.shares(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    if _shares:  # one share for every worker, gw0, gw1, ...
+        cores.pin(_shares[int(os.environ["PYTEST_XDIST_WORKER"][2:])])
 
 import jax  # noqa: E402
 

@@ -443,7 +443,7 @@ def _block_kernels(prob, spec):
 
         def products_of(rows):
             # in float32: a product streams the (C, B, d, m) deltas through memory, at half the
-            # bytes (2.6 times as fast for chapter 11's pooled minibatches), 1e-7 relative error,
+            # bytes (2.6 times as fast for chapter 11's pooled minibatches), 2e-7 relative error,
             # below Lanczos's tolerance (_LANCZOS_TOL)
             blocks = [(D[rows].astype(np.float32),
                        (H[rows] @ np.swapaxes(H[rows], 1, 2)).astype(np.float32))

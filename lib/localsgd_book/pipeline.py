@@ -273,10 +273,12 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path, pro
     done: dict[str, Executed] = {}
     context = multiprocessing.get_context("spawn")
     free = context.Queue()  # every worker takes a share of the cores of its own
-    for share in cores.shares(jobs):
+    shares = cores.shares(jobs)
+    for share in shares:
         free.put(share)
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_take_share,
-                             initargs=(free,)) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context,
+                             initializer=_take_share if shares else None,
+                             initargs=(free,) if shares else ()) as pool:
         for group in (first, plan[-1:]):
             running = {pool.submit(one, path, params): path for path, params in group}
             while running:
@@ -299,7 +301,7 @@ def _execute_at_once(plan, one: _OneNotebook, jobs: int, say, results: Path, pro
 
 def _take_share(free) -> None:
     """A worker's start: it and the kernels it starts run on a share of the cores taken from
-    the queue ``free`` (:func:`localsgd_book.cores.pin`), none if it is empty."""
+    the queue ``free`` (:func:`localsgd_book.cores.pin`), one share for every worker."""
     import queue
 
     with contextlib.suppress(queue.Empty):
