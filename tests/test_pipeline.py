@@ -244,11 +244,18 @@ def test_failing_notebook_stops_the_build_naming_notebook_and_cell(root: Path) -
 SPAN = """import json, os, time
 from ipykernel.kernelapp import IPKernelApp
 start = time.time()
+results = os.environ["LOCALSGD_RESULTS"]
+os.makedirs(results, exist_ok=True)
+open(os.path.join(results, os.environ["LOCALSGD_NOTEBOOK"] + ".started"), "w").close()
+# with `together = N` in its parameters, it waits (a minute at most) until N notebooks have
+# started, so that notebooks run at once overlap however late each kernel comes up
+while (sum(f.endswith(".started") for f in os.listdir(results)) < globals().get("together", 1)
+       and time.time() < start + 60):
+    time.sleep(0.1)
 time.sleep(2)
-os.makedirs(os.environ["LOCALSGD_RESULTS"], exist_ok=True)
 name = os.environ["LOCALSGD_NOTEBOOK"] + ".span"
 app = IPKernelApp.instance()
-with open(os.path.join(os.environ["LOCALSGD_RESULTS"], name), "w") as f:
+with open(os.path.join(results, name), "w") as f:
     json.dump([start, time.time(), app.transport, app.ip,
                sorted(os.sched_getaffinity(0)), os.environ.get("OPENBLAS_NUM_THREADS")], f)
 """
@@ -275,7 +282,7 @@ def test_notebooks_run_at_once_and_the_last_after_every_other(root: Path, write_
                                                                capsys, every_core) -> None:
     results = Path(os.environ["LOCALSGD_RESULTS"])
     for stem in ("a1", "a2"):
-        write_notebook(root / "notebooks" / f"{stem}.ipynb", "n = 1\n", SPAN)
+        write_notebook(root / "notebooks" / f"{stem}.ipynb", "together = 2\n", SPAN)
     write_notebook(root / "notebooks" / "report.ipynb", "n = 1\n", SEEN)
     done = pipeline.execute("default", ["a1", "a2", "report"], root=root, jobs=2)
     assert [d.name for d in done] == ["a1", "a2", "report"]  # in the plan's order
