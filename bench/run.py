@@ -7,7 +7,11 @@ Reference configurations (ALS19 deep ReLU net, ``d = 64``, ``d_out = 10``, ``L =
 * R2: R1 with ``m = 512``;
 * R3: Local GD (the full local batch of 64), ``m = 1024``, ``tau = 10``, 10 rounds;
 * R3-GPU (``--gpu-extra``; run by default only when JAX's backend is a GPU): R3 with
-  ``m = 4096`` and ``K = 64``.
+  ``m = 4096`` and ``K = 64``;
+* R4: Local SGD with one trained layer (``L = 1``), ``m = 2048``, ``b = 4``, ``tau = 4``, 10
+  rounds: chapter 11's widest width-axis run, where a client model (16 MB) outgrows the cache.
+  The library is also timed with ``layout="map"`` and ``layout="lowrank"`` forced
+  (``lib:map``, ``lib:lowrank``; ``vs_lib:map`` in the results).
 
 Each is run with the library (``localsgd.engine.run``: one compiled program), with the plain
 baseline (``bench/baseline.py``: clients in a Python loop, one jitted step per call) and, where it
@@ -80,7 +84,9 @@ CASES = {
     "R2": dict(m=512, K=8, algorithm="local_sgd", b=16, tau=10, rounds=20),
     "R3": dict(m=1024, K=8, algorithm="local_gd", b=None, tau=10, rounds=10),
     "R3-GPU": dict(m=4096, K=64, algorithm="local_gd", b=None, tau=10, rounds=10),
+    "R4": dict(m=2048, K=8, algorithm="local_sgd", b=4, tau=4, rounds=10, L=1),
 }
+LOOPS = {"R4": ("map", "lowrank")}  # layouts timed on a case whatever --compare-loops says
 N_PER_CLIENT, D, D_OUT, L, ETA = 64, 64, 10, 3, 0.01
 
 
@@ -93,7 +99,7 @@ def setup(case: dict, seed: int = 0):
     K = case["K"]
     ds = dt.sphere(K * N_PER_CLIENT, D, D_OUT, seed=seed)
     data = dt.to_clients(ds.x, ds.y, dt.partition(ds.labels, K, seed=seed))
-    spec = model.NetSpec("deep", D, case["m"], L, D_OUT)
+    spec = model.NetSpec("deep", D, case["m"], case.get("L", L), D_OUT)
     params0 = model.init(jax.random.key(seed), spec)
     cfg = en.RunConfig(case["algorithm"], rounds=case["rounds"], tau=case["tau"], eta=ETA,
                        batch_size=case["b"])
@@ -282,7 +288,7 @@ def bench_case(name: str, case: dict, reps: int, probe: MatmulProbe, fedjax, tmp
             "fraction_of_matmul": statistics.median([g / p for g, p in zip(gflops, peaks)]),
         }
     for k in res:
-        for ref in ("plain", "fedjax"):
+        for ref in ("plain", "fedjax", "lib:map"):
             if ref in times and k != ref:
                 res[k][f"vs_{ref}"] = statistics.median(
                     [tr / tk for tk, tr in zip(times[k], times[ref])])
@@ -440,7 +446,7 @@ def machine_info() -> dict:
 
 
 def print_table(rows: dict):
-    hdr = (f"{'case':7} {'impl':9} {'steps/s':>9} {'GFLOP/s':>8} {'% matmul':>9} "
+    hdr = (f"{'case':7} {'impl':11} {'steps/s':>9} {'GFLOP/s':>8} {'% matmul':>9} "
            f"{'vs plain':>9} {'vs FedJAX':>9}")
     print(hdr)
     print("-" * len(hdr))
@@ -448,7 +454,7 @@ def print_table(rows: dict):
         for impl, r in row["results"].items():
             vp = f"{r['vs_plain']:.2f}x" if "vs_plain" in r else "-"
             vf = f"{r['vs_fedjax']:.2f}x" if "vs_fedjax" in r else "-"
-            print(f"{name:7} {impl:9} {r['steps_per_s']:9.0f} {r['gflops']:8.1f} "
+            print(f"{name:7} {impl:11} {r['steps_per_s']:9.0f} {r['gflops']:8.1f} "
                   f"{100 * r['fraction_of_matmul']:8.1f}% {vp:>9} {vf:>9}")
 
 
@@ -487,7 +493,7 @@ def main(argv=None):
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     info = machine_info()
     on_gpu = jax.default_backend() == "gpu"
-    names = ["R1", "R2", "R3"] + (["R3-GPU"] if (args.gpu_extra or on_gpu) else [])
+    names = ["R1", "R2", "R3"] + (["R3-GPU"] if (args.gpu_extra or on_gpu) else []) + ["R4"]
     if args.only:
         names = [n for n in args.only.split(",") if n in CASES]
     reps = args.reps or (2 if args.quick else 5)
@@ -512,7 +518,7 @@ def main(argv=None):
                 print(f"{name}: {CASES[name]} x {case_reps} reps ...", flush=True)
                 results["cases"][name] = bench_case(
                     name, CASES[name], case_reps, probe, fedjax, Path(tmp),
-                    loops=("map", "vmap") if args.compare_loops else ())
+                    loops=LOOPS.get(name, ("map", "vmap") if args.compare_loops else ()))
     finally:
         if fedjax is not None:
             fedjax.close()

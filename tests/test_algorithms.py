@@ -529,6 +529,66 @@ def test_fedprox_and_scaffold_equal_a_plain_loop(p0, unequal, algorithm, layout)
         assert c[0].shape == (3,) + SPEC.layer_shapes[0] and np.abs(np.asarray(c[0])).max() > 0
 
 
+SPEC1 = model.NetSpec("deep", D, M, 1, 2)  # one trained layer, two outputs: layout="lowrank"
+
+
+@pytest.fixture(scope="module")
+def unequal2(ds):
+    y2 = np.concatenate([ds.y, -0.5 * ds.y], axis=1)
+    return dt.to_clients(ds.x, y2, PARTS)
+
+
+def test_lowrank_layout_equals_a_plain_loop(unequal2):
+    """``layout="lowrank"`` (the clients' steps as low-rank corrections to the server's model) in
+    float64 against the NumPy loop of Local SGD, to 1e-10; a run that forgets the corrections
+    (every step from the server's model) is far from it."""
+    p0 = model.init(jax.random.key(0), SPEC1)
+    cfg = en.RunConfig("local_sgd", rounds=3, tau=3, eta=0.3, batch_size=B, layout="lowrank",
+                       dtype="float64")
+    key = jax.random.key(1)
+    out = en.run(cfg, SPEC1, p0, unequal2, key)
+    want = _np_federated(p0, unequal2, key, cfg, lambda W, g, ctx: W - cfg.eta * g)
+    np.testing.assert_allclose(_leaves(out)[0], want[0], rtol=1e-10, atol=1e-12)
+    one = _np_federated(p0, unequal2, key, dataclasses.replace(cfg, tau=1),
+                        lambda W, g, ctx: W - 3 * cfg.eta * g)
+    assert _max_diff(want, one) > 1e-4
+
+
+@pytest.mark.parametrize("arch, algorithm", [("deep", "local_gd"), ("two_layer", "local_sgd")])
+def test_lowrank_layout_equals_the_map_layout(unequal2, arch, algorithm):
+    """Full local gradients, and the two-layer net (whose trained layer reads the inputs), in
+    float64: the same weights and recorded outputs as ``layout="map"``, to 1e-10."""
+    spec = model.NetSpec(arch, D, M, 1, 2)
+    p0 = model.init(jax.random.key(0), spec)
+    outs = [en.run(en.RunConfig(algorithm, rounds=4, tau=3, eta=0.3, eval_every=2,
+                                batch_size=B if algorithm == "local_sgd" else None,
+                                metrics=("loss", "outputs"), layout=layout, dtype="float64"),
+                   spec, p0, unequal2, jax.random.key(1)) for layout in ("map", "lowrank")]
+    np.testing.assert_allclose(_leaves(outs[1])[0], _leaves(outs[0])[0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(outs[1].metrics["outputs"], outs[0].metrics["outputs"],
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec, cfg, why", [
+    (SPEC, en.RunConfig("local_sgd", rounds=2, batch_size=B, layout="lowrank"), "L=2"),
+    (SPEC1, en.RunConfig("fedprox", rounds=2, batch_size=B, prox_mu=0.1, layout="lowrank"),
+     "fedprox"),
+    (SPEC1, en.RunConfig("local_sgd", rounds=2, batch_size=B, metrics=("loss", "drift"),
+                         layout="lowrank"), "drift"),
+])
+def test_lowrank_layout_refuses_what_it_cannot_run(unequal2, spec, cfg, why):
+    p0 = model.init(jax.random.key(0), spec)
+    data = unequal2 if spec.d_out == 2 else dt.to_clients(*_xy(unequal2), PARTS)
+    with pytest.raises(ValueError, match=f"layout='lowrank'.*{why}"):
+        en.run(cfg, spec, p0, data, jax.random.key(1))
+
+
+def _xy(data):
+    """The pooled rows of ``data`` with its first output only."""
+    m = np.asarray(data.mask) > 0
+    return np.asarray(data.x)[m], np.asarray(data.y)[m][:, :1]
+
+
 def test_scaffold_resumes_with_its_control_variates(p0, unequal):
     """Two runs continued through ``state`` end where one run of their total length does: the
     control variates travel in ``TrainState.client_state``."""

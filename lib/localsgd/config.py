@@ -36,7 +36,7 @@ METRICS = {
     "test_outputs": ("test_outputs",),  # f(W_bar) at the probe points (a test set), (P, d_out)
 }
 ROUND_END = ("gap", "local_flips", "drift")  # need the local models before averaging
-LAYOUTS = ("auto", "map", "vmap")
+LAYOUTS = ("auto", "map", "vmap", "lowrank")
 DTYPES = ("float32", "float64")
 # Integers the compiled program indexes with int32 (rounds, steps, sample counts) stay below this.
 INT32_MAX = 2**31 - 1
@@ -131,6 +131,10 @@ class RunConfig:
           (:mod:`localsgd.distributed`) splits over devices.
         * ``"map"``: one group of ``clients_together`` clients after another, each taking its
           ``tau`` steps while its weights stay in cache; faster on a CPU.
+        * ``"lowrank"``: for plain SGD steps on one trained layer (``local_sgd``, ``local_gd``
+          with ``L = 1``), the clients' steps as low-rank corrections to the server's model,
+          which is read once a round instead of once a client step; faster on a CPU once a
+          model outgrows the cache (:func:`localsgd.engine.lowrank_refusal` says what it runs).
         * ``"auto"`` (default): ``"map"`` when the program runs on a CPU, ``"vmap"`` on an
           accelerator. On two CPU cores "map" ran 1.2-1.4x faster than "vmap"; on an H200 "vmap"
           ran 1.2-11x faster than "map" (``bench/run.py --compare-loops``, ``bench/gpu.py``).

@@ -105,6 +105,10 @@ def check_inputs(config: RunConfig, spec: model.NetSpec, params0: dict, data: Cl
             f"batch_size must be at most the smallest client's sample count {int(sizes.min())}, "
             f"got {config.batch_size}"
         )
+    if config.layout == "lowrank":
+        why = lowrank_refusal(config, spec)
+        if why is not None:
+            raise ValueError(f"layout='lowrank' cannot run this config: {why}")
     if "test_outputs" in config.metrics:
         p = None if probe is None else np.asarray(probe)
         if p is None or p.ndim != 2 or p.shape[-1] != spec.d or not np.all(np.isfinite(p)):
@@ -301,6 +305,9 @@ def _local_phase(run: _Run, Wbar, states, rkey, layout):
     if layout == "map":
         scores = _minibatch_scores(rkey, run.train.mask, cfg.tau) if alg.stochastic else None
         return _clients_in_turn(run, Wbar, states, scores)
+    if layout == "lowrank":
+        scores = _minibatch_scores(rkey, run.train.mask, cfg.tau) if alg.stochastic else None
+        return _lowrank_local_phase(run, Wbar, scores)
     idx = _minibatch_indices(rkey, run.train.mask, cfg.tau, b) if alg.stochastic else None
     ctx, per_client = _contexts(run, Wbar, states)
     axes = (0, 0, 0, 0, 0 if per_client else None)
@@ -387,6 +394,79 @@ def _clients_together(run: _Run, Wbar, server, shared, acc, groups):
 
     acc, out = jax.lax.scan(group, acc, groups)  # out: leaves (n_groups, G, ...) or None
     return acc, jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+
+def lowrank_refusal(config: RunConfig, spec: model.NetSpec) -> str | None:
+    """Why ``layout="lowrank"`` cannot run ``config`` on ``spec``, or None where it can: it needs
+    one trained layer (whose input, the fixed features, does not move during training), plain
+    SGD steps with no client context, state or optimiser (``local_sgd``, ``local_gd``), and no
+    metric of the clients' own models."""
+    alg = algs.get(config.algorithm)
+    if spec.L != 1:
+        return f"it needs one trained layer (L=1), got L={spec.L}"
+    plain = (alg.client_update is algs.sgd_update and alg.optimizer is None
+             and alg.client_context is None and not alg.stateful and not alg.server_gradient
+             and not alg.pooled)
+    if not plain:
+        return f"it runs plain local SGD steps only, not algorithm={config.algorithm!r}"
+    locals_ = [m for m in config.metrics if m in ROUND_END]
+    if locals_:
+        return f"it forms no client model, which the metrics {locals_} read"
+    return None
+
+
+def _lowrank_local_phase(run: _Run, Wbar, scores):
+    """``layout="lowrank"``: the local phase of plain SGD steps on one trained layer ``W: (m, f)``
+    whose input, the fixed features, never moves. A client's step on rows ``F_t: (B, f)`` changes
+    ``W`` by ``-eta Delta_t^T F_t``, with ``Delta_t: (B, m)`` the loss's gradient at the layer's
+    pre-activations, so after ``t`` steps the client's pre-activations on new rows are
+    ``F_t Wbar^T - eta sum_{s<t} (F_t F_s^T) Delta_s``: the server's model is read once a round,
+    for every client's rows at once, and no client model is formed; the new average is
+    ``Wbar - eta sum_k (n_k/n) sum_t Delta_{k,t}^T F_{k,t}`` (``Wbar`` times the weights' sum),
+    one more product. The same steps as
+    the other layouts, summed in another order (equal to float32 rounding). It pays where a
+    client model outgrows the cache: every step of the other layouts streams a whole ``m x f``
+    model through memory, ``K tau`` times a round (chapter 11's width axis, ``m = 2048``, one
+    core: see ``bench/run.py``)."""
+    cfg, K = run.cfg, run.train.mask.shape[0]
+    (W,) = Wbar
+    phi = model.ACTIVATIONS[run.spec.activation]
+    B_out = run.fixed["B"]
+    if scores is None:  # every step on the client's full data, weighted mask / n_k
+        n_max = run.feats.shape[1]
+        idx = jnp.broadcast_to(jnp.arange(n_max), (K, cfg.tau, n_max))
+        w = jnp.broadcast_to(run.client_w[:, None, :], idx.shape)
+    else:  # the rows _clients_in_turn picks, step by step: (K, tau, b)
+        idx = jnp.swapaxes(_pick(scores, cfg.batch_size), 0, 1)
+        w = jnp.full(idx.shape, 1.0 / cfg.batch_size, run.feats.dtype)
+    F = jax.vmap(lambda f, i: f[i])(run.feats, idx)  # (K, tau, B, f)
+    Y = jax.vmap(lambda y, i: y[i])(run.train.y, idx)  # (K, tau, B, d_out)
+    P = F @ W.T  # (K, tau, B, m): every client's rows through the server's model, at once
+    tau, Bn = idx.shape[1], idx.shape[2]
+
+    def client(Fk, Yk, wk, Pk):
+        flat = Fk.reshape(tau * Bn, -1)
+        grams = (Fk @ flat.T).reshape(tau, Bn, tau, Bn)  # (F_t F_s^T) for every t, s
+
+        def step(deltas, t):
+            before = (jnp.arange(tau) < t)[None, :, None]
+            corr = jnp.einsum("bsc,scm->bm", grams[t] * before, deltas)
+            h, vjp = jax.vjp(phi, Pk[t] - run.eta * corr)
+            r = h @ B_out.T - Yk[t]
+            delta = vjp((wk[t][:, None] * r) @ B_out)[0]  # (B, m)
+            return deltas.at[t].set(delta), None
+
+        deltas, _ = jax.lax.scan(step, jnp.zeros(Pk.shape, Pk.dtype), jnp.arange(tau))
+        return deltas
+
+    deltas = jax.vmap(client)(F, Y, w, P)  # (K, tau, B, m)
+    weight = run.train.weight
+    weighted = deltas * weight[:, None, None, None]
+    # sum_k w_k W_k with W_k = Wbar + (client k's move): Wbar times sum_k w_k, as the other
+    # layouts average (weights rounded to float32 need not sum to 1)
+    new = jnp.sum(weight) * W - run.eta * (weighted.reshape(-1, W.shape[0]).T
+                                           @ F.reshape(-1, W.shape[1]))
+    return (new,), None, None
 
 
 def _contexts(run: _Run, Wbar, states):
@@ -551,7 +631,8 @@ def _block(run: _Run, key, layout, W0, init_patterns, loss0, c: _Carry, first_ro
 
 def _train(cfg: RunConfig, spec, eta, params0, data, key, start=None, layout="vmap",
            probe=None):
-    """One run as a traceable function (``layout`` resolved, ``"map"`` or ``"vmap"``); see
+    """One run as a traceable function (``layout`` resolved: ``"map"``, ``"vmap"`` or
+    ``"lowrank"``); see
     :func:`run`. ``cfg.eta`` is never read here: ``eta`` is the traced step size."""
     fixed, W0 = params0["fixed"], params0["trainable"]
     run = _context(cfg, spec, eta, fixed, data, probe)
@@ -592,7 +673,7 @@ def _sweep_jit(cfg, spec, etas, params0, data, keys, start, probe=None, layout="
         eta, p0, key, st = args
         return _train(cfg, spec, eta, p0, data, key, st, layout=layout, probe=probe)
 
-    if layout == "map":
+    if layout in ("map", "lowrank"):
         # CPU: the runs one after another inside the one program. Vmapped, every product gains a
         # batch axis of S runs and on two cores the sweep took 1.3x as long as the runs one by
         # one; in turn it takes as long as they do and each run's numbers are those of ``run``.

@@ -70,7 +70,8 @@ class Experiment:
 
     Run: ``algorithm``, ``rounds``, ``tau``, ``eta``, ``batch_size``, ``eval_every``, ``metrics``,
     ``prox_mu`` (FedProx's ``mu``) and ``dtype`` (``"float32"`` or ``"float64"``: the weights,
-    the step size and the clients' averaging weights in that dtype), see
+    the step size and the clients' averaging weights in that dtype) and ``layout`` (how the
+    clients' steps are laid out in the program: the same numbers to rounding), see
     :class:`localsgd.config.RunConfig`; ``eta_rule``: ``"fixed"`` uses ``eta`` as the
     step size, ``"ntk"`` uses ``eta * n / lambda_max(G_0)`` per seed (``eta`` is then a fraction
     of the linearised model's critical step ``2 n / lambda_max``, so it must be below 2).
@@ -113,6 +114,7 @@ class Experiment:
     checkpoint_every: int = 0
     prox_mu: float = 0.0
     dtype: str = "float32"
+    layout: str = "auto"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # NumPy scalars as Python ones (JSON, the cache key)
@@ -121,6 +123,7 @@ class Experiment:
                 object.__setattr__(self, f.name, v.item())
         object.__setattr__(self, "metrics", cf.check_metrics(self.metrics))
         cf.check_choice("dtype", self.dtype, cf.DTYPES)
+        cf.check_choice("layout", self.layout, cf.LAYOUTS)
         # Floats as floats, so that eta=1 and eta=1.0 share a cache key.
         object.__setattr__(self, "eta", cf.check_float("eta", self.eta, dtype=self.dtype))
         cf.check_choice("dataset", self.dataset, DATASETS)
@@ -192,7 +195,7 @@ class Experiment:
         return cf.RunConfig(
             algorithm=self.algorithm, rounds=self.rounds, tau=self.tau, eta=float(eta),
             batch_size=self.batch_size, eval_every=self.eval_every, metrics=self.metrics,
-            prox_mu=self.prox_mu, dtype=self.dtype,
+            prox_mu=self.prox_mu, dtype=self.dtype, layout=self.layout,
         )
 
     def replace(self, **changes: Any) -> Experiment:

@@ -60,7 +60,8 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
     run (``dataset``, ``n``, ``num_clients``, ``data_seed``, ``idx_images``, ``idx_labels``,
     ``m``, ``L``, ``tau``, ``batch_size``, ``rounds``, ``eval_every``, ``seeds``, ``prox_mu``,
     and optionally ``client_rows``: one padding for every partition, so that the runs of an
-    algorithm share their compiled programs, see :func:`client_rows`);
+    algorithm share their compiled programs, see :func:`client_rows`, and ``layout``, see
+    :class:`localsgd.config.RunConfig`);
     the step is ``c * unit / m`` at each of the ``tau`` local steps (:func:`step_unit`).
     Minibatch SGD takes one step a round, of the same size, on a minibatch of ``tau * b`` per
     client: the same gradients a round as Local SGD (equal computation); where the
@@ -88,7 +89,8 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
         tau=1 if one_step else tau, batch_size=min(tau * b, smallest) if one_step else b,
         eta=c * unit / m, eta_rule="fixed",
         eval_every=setup["eval_every"], metrics=metrics, seeds=setup["seeds"],
-        prox_mu=setup["prox_mu"] if algorithm == "fedprox" else 0.0)
+        prox_mu=setup["prox_mu"] if algorithm == "fedprox" else 0.0,
+        layout=setup.get("layout", "auto"))
 
 
 def client_rows(setup: Mapping, partitions) -> int:
