@@ -127,6 +127,17 @@ def test_init_is_a_function_of_the_key(deep_params):
         assert not np.array_equal(x_, z_)
 
 
+def test_the_flat_normal_draw_is_the_shaped_one():
+    """init draws each matrix flat and reshapes it (faster to compile): bitwise the numbers of
+    ``jax.random.normal`` of the shape itself, also vmapped over keys as experiments draw them."""
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    for shape in [(7, 5), (16, 16), (3, 40)]:
+        flat = jax.jit(jax.vmap(lambda k, s=shape: model._normal(k, s, jnp.float32)))(keys)
+        shaped = jax.jit(jax.vmap(lambda k, s=shape: jax.random.normal(k, s, jnp.float32)))(keys)
+        assert flat.shape == (3,) + shape
+        np.testing.assert_array_equal(np.asarray(flat), np.asarray(shaped))
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward pass against NumPy
 

@@ -76,6 +76,14 @@ class NetSpec:
         return sum(a * b for a, b in self.layer_shapes)
 
 
+def _normal(key: jax.Array, shape: tuple, dtype) -> jax.Array:
+    """``jax.random.normal(key, shape, dtype)``, drawn flat and reshaped: the same numbers (the
+    threefry PRNG is partitionable, JAX's default: element ``i`` depends only on the key and
+    ``i``), but XLA compiles the flat draw faster (a vmapped initialisation of four matrices:
+    2.6-3.8 s instead of 4.6-5.2 s on one core)."""
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
 def init(key: jax.Array, spec: NetSpec, dtype=jnp.float32) -> dict:
     """Draws parameters with the paper's initialisation.
 
@@ -83,16 +91,13 @@ def init(key: jax.Array, spec: NetSpec, dtype=jnp.float32) -> dict:
     """
     kA, kW, kB = jax.random.split(key, 3)
     if spec.arch == "two_layer":
-        W = jax.random.normal(kW, (spec.m, spec.d), dtype)
+        W = _normal(kW, (spec.m, spec.d), dtype)
         signs = jax.random.rademacher(kB, (spec.d_out, spec.m), dtype)
         return {"trainable": (W,), "fixed": {"B": signs / math.sqrt(spec.m)}}
     std = math.sqrt(2.0 / spec.m)
-    A = std * jax.random.normal(kA, (spec.m, spec.d), dtype)
-    Ws = tuple(
-        std * jax.random.normal(k, (spec.m, spec.m), dtype)
-        for k in jax.random.split(kW, spec.L)
-    )
-    B = jax.random.normal(kB, (spec.d_out, spec.m), dtype) / math.sqrt(spec.d_out)
+    A = std * _normal(kA, (spec.m, spec.d), dtype)
+    Ws = tuple(std * _normal(k, (spec.m, spec.m), dtype) for k in jax.random.split(kW, spec.L))
+    B = _normal(kB, (spec.d_out, spec.m), dtype) / math.sqrt(spec.d_out)
     return {"trainable": Ws, "fixed": {"A": A, "B": B}}
 
 
