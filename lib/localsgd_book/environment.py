@@ -77,8 +77,7 @@ def cpu_model() -> str:
 
 
 def platform_table(profile: str) -> str:
-    """Markdown table of the JAX backend and devices, CPU, OS, Python, the XLA flags and the
-    build's profile."""
+    """Markdown table of the JAX backend and devices, CPU, OS, Python and the build's profile."""
     import jax
 
     facts = {
@@ -88,9 +87,6 @@ def platform_table(profile: str) -> str:
         "CPU cores (os.cpu_count)": os.cpu_count(),
         "operating system": platform.platform(),
         "Python": f"{platform.python_version()} ({platform.python_implementation()})",
-        # the book's kernels add LLVM's level-1 pipeline (localsgd_book.xla): the same numbers
-        "XLA flags (XLA_FLAGS)": f"`{os.environ['XLA_FLAGS']}`" if os.environ.get("XLA_FLAGS")
-        else "(none)",
         "profile that built this page": profile,
     }
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()])
