@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from localsgd_book import cores, xla
+from localsgd_book import cores
 
 # every pytest-xdist worker on cores of its own, before numpy and XLA size their thread pools:
 # two workers whose pools both span every core slow each other (localsgd_book.cores)
@@ -17,10 +17,6 @@ if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
     _shares = cores.shares(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     if _shares:  # one share for every worker, gw0, gw1, ...
         cores.pin(_shares[int(os.environ["PYTEST_XDIST_WORKER"][2:])])
-
-# XLA's backend at LLVM's level 1, as the book's kernels (localsgd_book.xla), before XLA starts
-if (_flags := xla.flags(os.environ.get("XLA_FLAGS"))) is not None:
-    os.environ["XLA_FLAGS"] = _flags
 
 import jax  # noqa: E402
 

@@ -47,7 +47,7 @@ from typing import Any
 
 from localsgd.store import write_json_atomic
 
-from . import cores, records, scoreboard, sitefiles, tidy, xla
+from . import cores, records, scoreboard, sitefiles, tidy
 from .layout import (
     layout,
     list_notebooks,
@@ -221,9 +221,6 @@ def execute(
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": os.environ.get(
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
     }
-    # LLVM's level-1 pipeline: faster compiles, the same numbers (localsgd_book.xla)
-    if (xla_flags := xla.flags(os.environ.get("XLA_FLAGS"))) is not None:
-        env["XLA_FLAGS"] = xla_flags
     one = _OneNotebook(env, out_dir, lay.root, timeout, profile,
                        *tidy.repository(lay.root / "_config.yml"))
     if jobs == 1 or len(plan) == 1:
