@@ -302,12 +302,11 @@ def _local_phase(run: _Run, Wbar, states, rkey, layout):
         g = _average(run.train.weight, g)
         new = jax.tree.map(lambda w, gw: w - run.eta * gw, Wbar, g)
         return new, _broadcast(new, K), None
-    if layout == "map":
+    if layout in ("map", "lowrank"):
         scores = _minibatch_scores(rkey, run.train.mask, cfg.tau) if alg.stochastic else None
+        if layout == "lowrank":
+            return _lowrank_local_phase(run, Wbar, scores)
         return _clients_in_turn(run, Wbar, states, scores)
-    if layout == "lowrank":
-        scores = _minibatch_scores(rkey, run.train.mask, cfg.tau) if alg.stochastic else None
-        return _lowrank_local_phase(run, Wbar, scores)
     idx = _minibatch_indices(rkey, run.train.mask, cfg.tau, b) if alg.stochastic else None
     ctx, per_client = _contexts(run, Wbar, states)
     axes = (0, 0, 0, 0, 0 if per_client else None)
@@ -423,8 +422,8 @@ def _lowrank_local_phase(run: _Run, Wbar, scores):
     ``F_t Wbar^T - eta sum_{s<t} (F_t F_s^T) Delta_s``: the server's model is read once a round,
     for every client's rows at once, and no client model is formed; the new average is
     ``Wbar - eta sum_k (n_k/n) sum_t Delta_{k,t}^T F_{k,t}`` (``Wbar`` times the weights' sum),
-    one more product. The same steps as
-    the other layouts, summed in another order (equal to float32 rounding). It pays where a
+    one more product. The same steps as the other layouts, summed in another order (equal to
+    float32 rounding). It pays where a
     client model outgrows the cache: every step of the other layouts streams a whole ``m x f``
     model through memory, ``K tau`` times a round (chapter 11's width axis, ``m = 2048``, one
     core: see ``bench/run.py``)."""
@@ -439,10 +438,10 @@ def _lowrank_local_phase(run: _Run, Wbar, scores):
     else:  # the rows _clients_in_turn picks, step by step: (K, tau, b)
         idx = jnp.swapaxes(_pick(scores, cfg.batch_size), 0, 1)
         w = jnp.full(idx.shape, 1.0 / cfg.batch_size, run.feats.dtype)
-    F = jax.vmap(lambda f, i: f[i])(run.feats, idx)  # (K, tau, B, f)
-    Y = jax.vmap(lambda y, i: y[i])(run.train.y, idx)  # (K, tau, B, d_out)
-    P = F @ W.T  # (K, tau, B, m): every client's rows through the server's model, at once
     tau, Bn = idx.shape[1], idx.shape[2]
+    F, Y = (_gather(a, idx.reshape(K, -1)).reshape(idx.shape + a.shape[-1:])
+            for a in (run.feats, run.train.y))  # (K, tau, B, f), (K, tau, B, d_out)
+    P = F @ W.T  # (K, tau, B, m): every client's rows through the server's model, at once
 
     def client(Fk, Yk, wk, Pk):
         flat = Fk.reshape(tau * Bn, -1)
