@@ -438,6 +438,26 @@ def test_top_eigenvalues_of_many_operators_at_once():
     np.testing.assert_allclose(got, np.linalg.eigvalsh(G)[:, -1], rtol=1e-8)
 
 
+def test_the_largest_top_eigenvalue_lets_operators_leave_early():
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(12, 80, 40))
+    G = A @ np.swapaxes(A, 1, 2) * np.linspace(1.0, 1.5, 12)[:, None, None]
+    want = np.linalg.eigvalsh(G)[:, -1]
+    seen = []
+
+    def matvec(V, which):
+        seen.append(len(which))
+        return np.einsum("qij,qj->qi", G[which], V)
+
+    got = kernel.largest_top_eigenvalue(matvec, 12, 80, tol=1e-9)
+    np.testing.assert_allclose(got, want.max(), rtol=1e-8)
+    assert min(seen) < 12 and sum(seen) < 12 * len(seen)  # the smaller operators left
+    # a floor above every operator: it is the answer, and every operator leaves at once
+    seen.clear()
+    assert kernel.largest_top_eigenvalue(matvec, 12, 80, floor=2 * want.max()) == 2 * want.max()
+    assert len(seen) <= 3
+
+
 @pytest.mark.parametrize("space", ["function", "weight"])
 def test_sharpness_by_lanczos_is_the_dense_one(monkeypatch, space):
     exp = experiments.Experiment(dataset="digits", n=40, num_clients=4, m=16, L=1,

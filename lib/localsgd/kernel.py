@@ -392,14 +392,14 @@ def _largest_eigenvalue(prob, rows, w, spec):
     gram_of, products_of, d = _block_kernels(prob, spec)
     sw = np.sqrt(np.repeat(w, d, axis=1))
     size = rows.shape[1] * d
-    if size > _DENSE_EIG:  # large pooled minibatches: their top eigenvalues together, by Lanczos
+    if size > _DENSE_EIG:  # large pooled minibatches: the largest top eigenvalue, by Lanczos
         worst = 0.0
-        chunk = max(1, 2 ** 22 // (size * _LANCZOS_STEPS))
+        chunk = max(1, _LANCZOS_ENTRIES // (size * _LANCZOS_STEPS))
         for lo in range(0, rows.shape[0], chunk):
             prod, s = products_of(rows[lo:lo + chunk]), sw[lo:lo + chunk]
-            lam = top_eigenvalues(lambda V, p=prod, s=s: s * p(s * V), len(s), size,
-                                  tol=_LANCZOS_TOL)
-            worst = max(worst, float(lam.max()))
+            worst = largest_top_eigenvalue(
+                lambda V, which, p=prod, s=s: s[which] * p(s[which] * V, which), len(s), size,
+                tol=_LANCZOS_TOL, floor=worst)
         return worst
     worst = 0.0
     chunk = max(1, min(256, 2 ** 24 // size ** 2))
@@ -441,19 +441,33 @@ def _block_kernels(prob, spec):
                       * (Hr @ np.swapaxes(Hr, 1, 2))[:, :, None, :, None])
             return G.reshape(C, B * d, B * d)
 
-        # in float32: a product streams the (C, B, d, m) deltas through memory, at half the
-        # bytes (2.6 times as fast for chapter 11's pooled minibatches), 2e-7 relative error,
+        # in float32: a product streams the (B, d, m) deltas of every set through memory, at half
+        # the bytes (2.6 times as fast for chapter 11's pooled minibatches), 2e-7 relative error,
         # below Lanczos's tolerance (_LANCZOS_TOL)
-        deltas32 = [D.astype(np.float32) for D in deltas]
+        deltas32 = tuple(jnp.asarray(D, jnp.float32) for D in deltas)
+        with jax.enable_x64(True):
+            inputs64 = tuple(jnp.asarray(H, jnp.float64) for H in inputs)
 
         def products_of(rows):
-            blocks = tuple((jnp.asarray(D[rows]),
-                            jnp.asarray((H[rows] @ np.swapaxes(H[rows], 1, 2)).astype(np.float32)))
-                           for D, H in zip(deltas32, inputs))  # (C, B, d, m), (C, B, B)
+            with jax.enable_x64(True):
+                rows_dev = jnp.asarray(rows, jnp.int32)
+                blocks = tuple((D[rows_dev], _input_grams(H, rows_dev))
+                               for D, H in zip(deltas32, inputs64))  # (C, B, d, m), (C, B, B)
+            C, held = len(rows), {}
 
-            def prod(V):
-                V = jnp.asarray(np.asarray(V, np.float32).reshape(rows.shape + (d,)))
-                return np.asarray(_block_products(V, blocks), np.float64).reshape(len(rows), -1)
+            def prod(V, which):
+                # the sets Lanczos still works on, padded to a power of two (or all C): a few
+                # programs serve every count, and a set's blocks are gathered once per count
+                A = len(which)
+                P = min(C, 1 << (A - 1).bit_length())
+                idx = np.concatenate([which, np.full(P - A, which[0])]).astype(np.int32)
+                if held.get("idx") is None or not np.array_equal(held["idx"], idx):
+                    held.update(idx=idx, blocks=blocks if P == C and np.array_equal(
+                        idx, np.arange(C)) else _take(blocks, jnp.asarray(idx)))
+                Vp = np.zeros((P,) + rows.shape[1:] + (d,), np.float32)
+                Vp[:A] = np.asarray(V).reshape((A,) + rows.shape[1:] + (d,))
+                out = _block_products(jnp.asarray(Vp), held["blocks"])
+                return np.asarray(out, np.float64)[:A].reshape(A, -1)
 
             return prod
 
@@ -470,10 +484,10 @@ def _block_kernels(prob, spec):
 
     def products_of(rows):
         idx = (rows[..., None] * d + np.arange(d)).reshape(rows.shape[0], -1)
-        at = (np.arange(len(rows))[:, None], idx)
 
-        def prod(V):
-            X = np.zeros((len(rows), train.shape[0]))
+        def prod(V, which):
+            at = (np.arange(len(which))[:, None], idx[which])
+            X = np.zeros((len(which), train.shape[0]))
             np.add.at(X, at, V)
             return (X @ train)[at]
 
@@ -495,39 +509,84 @@ def _block_products(V, blocks):
     return out
 
 
+@jax.jit
+def _take(blocks, idx):
+    """``blocks`` (as :func:`_block_products` takes them) of the sets ``idx: (P,)``."""
+    return jax.tree.map(lambda a: a[idx], blocks)
+
+
+@jax.jit
+def _input_grams(H, rows):
+    """The Gram of every set's layer inputs, ``H: (N, f)`` at the sets ``rows: (C, B)``: ``(C,
+    B, B)`` in float32 (computed in ``H``'s precision)."""
+    Hr = H[rows]
+    return (Hr @ jnp.swapaxes(Hr, 1, 2)).astype(jnp.float32)
+
+
 def top_eigenvalues(matvec, Q: int, n: int, tol: float = 1e-9) -> np.ndarray:
     """The largest eigenvalues of ``Q`` symmetric ``n x n`` operators at once, by Lanczos with
     full reorthogonalisation from a fixed start: ``matvec(V: (Q, n)) -> (Q, n)`` applies each
-    operator to its own row. Stops when every Ritz value's residual is at most ``tol`` times
-    it (or at ``n`` steps, where it is exact). ``(Q,)``."""
+    operator to its own row (a zero row for an operator already done). Stops when every Ritz
+    value's residual is at most ``tol`` times it (or at ``n`` steps, where it is exact).
+    ``(Q,)``."""
+
+    def some(V, which):
+        full = np.zeros((Q, n))
+        full[which] = V
+        return np.asarray(matvec(full))[which]
+
+    return _lanczos(some, Q, n, tol)
+
+
+def largest_top_eigenvalue(matvec, Q: int, n: int, tol: float = 1e-9,
+                           floor: float = 0.0) -> float:
+    """The largest of the top eigenvalues of ``Q`` symmetric ``n x n`` operators, and ``floor``
+    if that is larger: :func:`top_eigenvalues` with ``matvec(V: (A, n), which: (A,)) -> (A,
+    n)`` applying the operators ``which`` to the rows of ``V``, where an operator leaves as soon
+    as its Ritz value plus its residual falls below the best Ritz value so far (or ``floor``).
+    A Ritz value never exceeds its operator's top eigenvalue, so the best one is a lower bound
+    of the answer, and an operator whose residual bound lies below it cannot hold the answer;
+    the operator that does runs to the same convergence as in :func:`top_eigenvalues`. Most
+    operators leave after a few steps (chapter 11's 240 pooled minibatches: 4 of them are
+    left after 5 steps, where each needs 12 to converge). A float."""
+    return float(max(floor, _lanczos(matvec, Q, n, tol, floor).max()))
+
+
+def _lanczos(matvec, Q, n, tol, floor=None):
+    """Block-diagonal Lanczos for :func:`top_eigenvalues` (``floor`` None) and
+    :func:`largest_top_eigenvalue`: the top Ritz value of every operator when it left, ``(Q,)``;
+    ``matvec(V, which)`` is called with the operators still running only."""
     # the start leans towards the all-ones vector, near the top eigenvector of a kernel whose
     # points are positively correlated (chapter 11's minibatches: 64 steps instead of 72), with
     # a random part that keeps every other direction in reach
     V = 1.0 + 0.3 * np.random.default_rng(0).standard_normal((Q, n))
-    basis = [V / np.linalg.norm(V, axis=1, keepdims=True)]
+    basis = [V / np.linalg.norm(V, axis=1, keepdims=True)]  # rows: the running operators
     alphas, betas = [], []
-    found, active = np.zeros(Q), np.ones(Q, bool)
+    found, active = np.zeros(Q), np.arange(Q)
     for k in range(n):
-        W = matvec(basis[-1])
+        W = np.asarray(matvec(basis[-1], active), np.float64)
         alphas.append(np.einsum("qn,qn->q", W, basis[-1]))
-        B = np.stack(basis, axis=1)  # (Q, k + 1, n)
+        B = np.stack(basis, axis=1)  # (A, k + 1, n)
         for _ in range(2):  # twice is enough (Giraud et al. 2005)
             W = W - np.einsum("qk,qkn->qn", np.einsum("qkn,qn->qk", B, W), B)
         beta = np.linalg.norm(W, axis=1)
-        T = np.zeros((Q, k + 1, k + 1))
+        T = np.zeros((len(active), k + 1, k + 1))
         i = np.arange(k + 1)
         T[:, i, i] = np.stack(alphas, axis=1)
         if k:
             T[:, i[1:], i[:-1]] = T[:, i[:-1], i[1:]] = np.stack(betas, axis=1)
         theta, vecs = np.linalg.eigh(T)
-        found[active] = theta[active, -1]
-        active &= beta * np.abs(vecs[:, -1, -1]) > tol * np.abs(theta[:, -1])
-        if not active.any():
+        top, resid = theta[:, -1], beta * np.abs(vecs[:, -1, -1])
+        found[active] = top
+        keep = resid > tol * np.abs(top)
+        if floor is not None:
+            keep &= top + resid >= max(floor, found.max())
+        if not keep.any():
             break
-        # an operator that has converged stays out: its next vectors are zero
-        beta = np.where(active, beta, 0.0)
-        betas.append(beta)
-        basis.append(np.where(active[:, None], W / np.where(active, beta, 1.0)[:, None], 0.0))
+        active = active[keep]
+        basis, alphas, betas = ([a[keep] for a in x] for x in (basis, alphas, betas))
+        betas.append(beta[keep])
+        basis.append(W[keep] / beta[keep][:, None])
     return found
 
 
@@ -544,7 +603,8 @@ _factors = jax.jit(diagnostics.backprop_vectors, static_argnums=0)
 
 
 _DENSE_EIG = 400  # rows of a local update's kernel above which sharpness uses Lanczos
-_LANCZOS_STEPS = 64  # the Lanczos steps a chunk of blocks is sized for (its basis in memory)
+_LANCZOS_STEPS = 64  # the Lanczos steps a chunk of sets is sized for (its basis in memory)
+_LANCZOS_ENTRIES = 2 ** 22  # a chunk's basis at _LANCZOS_STEPS steps: 32 MB
 # Lanczos stops at a Ritz residual of this fraction of the eigenvalue, which then has at most that
 # relative error: the critical step's check reads it to two digits
 _LANCZOS_TOL = 1e-5
