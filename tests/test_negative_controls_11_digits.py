@@ -35,10 +35,7 @@ def chapter_checks(setup=SETUP):
     res = {k: experiments.run(e) for k, e in exps.items()}
     preds = dict(zip(exps, kernel.predict_many(list(exps.values()), probe=test_x)))
     axis_setup = dict(setup, layout="lowrank")  # as the notebook's width axis
-    axis_runs = {w: experiments.run(cd.experiment(axis_setup, "local_sgd", "iid", 1.0,
-                                                  C / setup["tau"], unit, m=w))
-                 for w in WIDTHS}
-    axis_preds = {w: kernel.predict(r.config, probe=test_x) for w, r in axis_runs.items()}
+    axis_runs, axis_preds = cd.width_axis_runs(axis_setup, WIDTHS, C / setup["tau"], unit, test_x)
     axis = km.width_axis(axis_runs, axis_preds, eps=EPS, bootstrap=200)
     widest = max(WIDTHS)
     return cd.verdict_checks(axis, axis_runs[widest], axis_preds[widest], res, preds, labels, EPS)

@@ -373,7 +373,7 @@ def _compute(exp, cfg, spec, clients, test, probe):
                                                 probe)
     test_metrics = {}
     if test is not None:
-        preds = jax.vmap(lambda p: model.apply(spec, p, jnp.asarray(test.x, dtype)))(out.params)
+        preds = model.apply_seeds(spec, out.params, jnp.asarray(test.x, dtype))
         test_metrics["accuracy"] = np.asarray(
             jnp.mean(jnp.argmax(preds, -1) == test.labels, axis=-1)
         )

@@ -194,23 +194,51 @@ def _function_space(prob: Problem):
 def _weight_space(prob: Linearised, spec):
     """The recursion on the trained weights' move ``W - W_0`` of the linearised network (see
     :func:`_function_space`): ``grad_on`` returns ``J_0^T (w r)`` on the rows and ``readout``
-    the outputs ``u_0 + J_0 (W - W_0)`` at the ``M`` prediction points."""
+    the outputs ``u_0 + J_0 (W - W_0)`` at the ``M`` prediction points. The network's pass at
+    ``W_0`` is made once, at every point (:func:`_tangent_point`); a step then costs the
+    tangent's pass and its transpose on its rows only."""
     theta0 = tuple(prob.params["trainable"])
-    feats = model.features(spec, prob.params["fixed"], prob.x)
+    B = prob.params["fixed"]["B"]
+    point = _tangent_point(spec, theta0, model.features(spec, prob.params["fixed"], prob.x))
 
-    def lin(rows):
-        return _linearisation(spec, prob.params, feats[rows])
+    def jvp_at(rows):  # W -> J_0 W on the rows (every prediction point for None)
+        at = point if rows is None else [(h[rows], s[rows]) for h, s in point]
+        return lambda W: _tangent(theta0, B, at, W)
 
     def grad(W, rows, w):
-        u, jvp = lin(rows)
-        r = (u + jvp(W) - prob.y[rows]) * w[:, None]
+        jvp = jvp_at(rows)
+        r = (prob.u0[rows] + jvp(W) - prob.y[rows]) * w[:, None]
         return jax.linear_transpose(jvp, theta0)(r)[0]
 
     def readout(W):
-        u, jvp = lin(jnp.arange(prob.x.shape[0]))
-        return u + jvp(W)
+        return prob.u0 + jvp_at(None)(W)
 
     return jax.tree.map(jnp.zeros_like, theta0), grad, readout
+
+
+def _tangent_point(spec, trainable, feats):
+    """Where :func:`localsgd.model.forward` is linearised, at features ``feats: (M, f)``: per
+    trained layer its input ``h_{l-1}`` and the activation's slope ``phi'(g_l)`` at its
+    pre-activation, ``[((M, fan_in), (M, m)), ...]``."""
+    phi = model.ACTIVATIONS[spec.activation]
+    h, point = feats, []
+    for W in trainable:
+        g = h @ W.T
+        out, slope = jax.jvp(phi, (g,), (jnp.ones_like(g),))  # phi acts entry by entry
+        point.append((h, slope))
+        h = out
+    return point
+
+
+def _tangent(trainable, B, point, dW):
+    """``J_0 dW``: the move of :func:`localsgd.model.forward`'s outputs for a move ``dW`` of the
+    trained layers ``trainable`` at the linearisation ``point`` (:func:`_tangent_point`) of its
+    rows, with the output layer ``B: (d_out, m)``. ``(rows, d_out)``."""
+    dh = None
+    for W, dWl, (h, slope) in zip(trainable, dW, point):
+        dg = h @ dWl.T if dh is None else h @ dWl.T + dh @ W.T
+        dh = slope * dg
+    return dh @ B.T
 
 
 @partial(jax.jit, static_argnums=(0, 4, 5))
@@ -590,14 +618,6 @@ def _lanczos(matvec, Q, n, tol, floor=None):
     return found
 
 
-def _linearisation(spec, params, feats):
-    """The network at the initialisation ``params`` on features ``feats: (B, f)``, linearised
-    in its trained weights: ``(outputs (B, d_out), W -> J_0 W)`` (:func:`jax.linearize`)."""
-    fixed = params["fixed"]
-    return jax.linearize(lambda th: model.forward(spec, th, fixed, feats),
-                         tuple(params["trainable"]))
-
-
 # the kernel's factors at a set of points: (deltas, inputs), compiled once per network shape
 _factors = jax.jit(diagnostics.backprop_vectors, static_argnums=0)
 
@@ -663,7 +683,7 @@ def _initial_outputs(spec, params0, x_rows):
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params0)
         xr = jnp.asarray(x_rows, jnp.float64)
-        return np.asarray(jax.vmap(lambda p: model.apply(spec, p, xr))(p64))
+        return np.asarray(model.apply_seeds(spec, p64, xr))
 
 
 def _grams(spec, params0, x_rows, x_train, kind):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,13 @@ def hidden(spec: NetSpec, trainable, fixed: dict, x: jax.Array) -> list:
 def apply(spec: NetSpec, params: dict, x: jax.Array) -> jax.Array:
     """Network output ``x: (n, d) -> (n, d_out)``."""
     return forward(spec, params["trainable"], params["fixed"], features(spec, params["fixed"], x))
+
+
+@partial(jax.jit, static_argnums=0)
+def apply_seeds(spec: NetSpec, params: dict, x: jax.Array) -> jax.Array:
+    """:func:`apply` for every seed of ``params`` (leaves with a leading seed axis ``S``):
+    ``x: (n, d) -> (S, n, d_out)``, compiled once per shape rather than run op by op."""
+    return jax.vmap(lambda p: apply(spec, p, x))(params)
 
 
 def sample_losses(spec: NetSpec, trainable, fixed: dict, feats, y) -> jax.Array:

@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .. import analysis, experiments, theory
+from .. import analysis, experiments, kernel, theory
 from . import Check, Tolerance
 from . import kernel_model as km
 
 __all__ = ["TOLERANCES", "accuracy", "accuracy_gap", "client_rows", "digits", "experiment",
-           "grid_checks", "kernel_accuracy", "rounds_to", "step_unit", "verdict_checks"]
+           "grid_checks", "kernel_accuracy", "rounds_to", "step_unit", "verdict_checks",
+           "width_axis_runs"]
 
 TOLERANCES = {
     "sqrt_m_distance": Tolerance(
@@ -91,6 +92,25 @@ def experiment(setup: Mapping, algorithm: str, partition: str, alpha: float, c: 
         eval_every=setup["eval_every"], metrics=metrics, seeds=setup["seeds"],
         prox_mu=setup["prox_mu"] if algorithm == "fedprox" else 0.0,
         layout=setup.get("layout", "auto"))
+
+
+def width_axis_runs(setup: Mapping, widths: Sequence[int], c: float, unit: float,
+                    probe) -> tuple[dict, dict]:
+    """The chapter's width axis: Local SGD on the iid split of ``setup`` (as :func:`experiment`
+    takes it) at every width of ``widths``, the step ``c * unit / m``, each run with its kernel
+    model. The test outputs (the run's ``"test_outputs"`` and the kernel model's predictions at
+    ``probe: (P, d)``) are computed at the widest width only, the one whose test accuracy the
+    verdict reads; the others need the training points alone (``D`` and the iterations to
+    ``eps``). ``({m: Result}, {m: Prediction})``."""
+    widest = max(widths)
+    runs, preds = {}, {}
+    for w in sorted(widths):
+        test = w == widest
+        metrics = ("loss", "outputs", "test_outputs") if test else ("loss", "outputs")
+        runs[w] = experiments.run(experiment(setup, "local_sgd", "iid", 1.0, c, unit, m=w,
+                                             metrics=metrics))
+        preds[w] = kernel.predict(runs[w].config, probe=probe if test else None)
+    return runs, preds
 
 
 def client_rows(setup: Mapping, partitions) -> int:
