@@ -475,12 +475,18 @@ def _block_kernels(prob, spec):
         deltas32 = tuple(jnp.asarray(D, jnp.float32) for D in deltas)
         with jax.enable_x64(True):
             inputs64 = tuple(jnp.asarray(H, jnp.float64) for H in inputs)
+            # the inputs' Gram at every pair of training points, once, where it is small: a
+            # set's block is then a gather, not a product of its own (chapter 11's 240 pooled
+            # minibatches of 160 of 1,000 points: 6 times fewer operations)
+            pairs = (tuple(_input_grams(H, None) for H in inputs64)
+                     if N * N <= _KERNEL_ENTRIES else None)
 
         def products_of(rows):
             with jax.enable_x64(True):
                 rows_dev = jnp.asarray(rows, jnp.int32)
-                blocks = tuple((D[rows_dev], _input_grams(H, rows_dev))
-                               for D, H in zip(deltas32, inputs64))  # (C, B, d, m), (C, B, B)
+                grams = (tuple(_input_grams(H, rows_dev) for H in inputs64) if pairs is None
+                         else tuple(HH[rows_dev[:, :, None], rows_dev[:, None, :]] for HH in pairs))
+                blocks = tuple(zip((D[rows_dev] for D in deltas32), grams))  # (C,B,d,m), (C,B,B)
             C, held = len(rows), {}
 
             def prod(V, which):
@@ -546,7 +552,10 @@ def _take(blocks, idx):
 @jax.jit
 def _input_grams(H, rows):
     """The Gram of every set's layer inputs, ``H: (N, f)`` at the sets ``rows: (C, B)``: ``(C,
-    B, B)`` in float32 (computed in ``H``'s precision)."""
+    B, B)``; at every pair of the ``N`` points for ``rows`` None, ``(N, N)``. In float32,
+    computed in ``H``'s precision."""
+    if rows is None:
+        return (H @ H.T).astype(jnp.float32)
     Hr = H[rows]
     return (Hr @ jnp.swapaxes(Hr, 1, 2)).astype(jnp.float32)
 
