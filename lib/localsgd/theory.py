@@ -198,11 +198,8 @@ def kernel_constants(spec, params0, xs):
     if spec.arch != "deep":
         raise ValueError(f"spec.arch must be 'deep' for the limit kernel, got {spec.arch!r}")
 
-    def one(p, x):
-        return dg.min_eigenvalue(dg.ntk_gram(spec, p, x, outputs="full")) / spec.m
-
-    eig = jax.jit(jax.vmap(one, in_axes=(0, None)))
-    finite = np.stack([np.asarray(eig(params0, jnp.asarray(x)), np.float64) for x in xs], axis=1)
+    finite = np.stack([np.asarray(_min_eigenvalues(spec, params0, jnp.asarray(x)), np.float64)
+                       for x in xs], axis=1)
     limit = np.array([np.linalg.eigvalsh(gram_infinity_deep(x, spec.L, spec.d_out))[0]
                       for x in xs])
     return finite, limit
@@ -303,20 +300,38 @@ def gram_spectra(spec, params0, xs):
 
     ``params0``: initialisations stacked on a leading seed axis ``S``; ``xs``: ``P`` input arrays
     ``(n_p, d)``. Returns two ``(S, P)`` float64 NumPy arrays."""
-    def one(p, x):
+    pairs = [_spectra(spec, params0, jnp.asarray(x)) for x in xs]
+    return tuple(np.stack([np.asarray(p[k], np.float64) for p in pairs], axis=1) for k in (0, 1))
+
+
+# compiled once per network and data shape, whichever call asks
+@functools.partial(jax.jit, static_argnums=0)
+def _min_eigenvalues(spec, params0, x):
+    """:func:`kernel_constants`'s ``lambda_min(G_0) / m`` of every seed at ``x``: ``(S,)``."""
+    return jax.vmap(lambda p: dg.min_eigenvalue(dg.ntk_gram(spec, p, x, outputs="full"))
+                    / spec.m)(params0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _spectra(spec, params0, x):
+    """:func:`gram_spectra` at one data set: ``(lambda_min (S,), lambda_max (S,))``."""
+    def one(p):
         gram = dg.ntk_gram(spec, p, x, outputs="full")
         lam = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))
         return lam[0], lam[-1]
 
-    eig = jax.jit(jax.vmap(one, in_axes=(0, None)))
-    pairs = [eig(params0, jnp.asarray(x)) for x in xs]
-    return tuple(np.stack([np.asarray(p[k], np.float64) for p in pairs], axis=1) for k in (0, 1))
+    return jax.vmap(one)(params0)
 
 
 def grams_at_init(spec, params0, x):
     """The full NTK Gram matrix of every initialisation: ``params0`` stacked on a leading seed
     axis ``S``, ``x: (n, d)`` -> ``(S, n d_out, n d_out)``."""
-    return jax.vmap(lambda p: dg.ntk_gram(spec, p, jnp.asarray(x), outputs="full"))(params0)
+    return _grams(spec, params0, jnp.asarray(x))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _grams(spec, params0, x):
+    return jax.vmap(lambda p: dg.ntk_gram(spec, p, x, outputs="full"))(params0)
 
 
 def linearised_curves(iterations, loss, eta, lam_min, n, anchor: int):

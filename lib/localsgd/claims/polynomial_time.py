@@ -24,6 +24,7 @@ code:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import analysis, kernel, theory
+from .. import analysis, kernel, model, theory
 from .. import experiments as ex
 from . import Check, Tolerance
 from . import kernel_model as km
@@ -67,10 +68,8 @@ def at_init(exp):
     """``(lambda_min, lambda_max, F0)`` of the NTK Gram at initialisation and the initial loss,
     each ``(S,)`` (float64), for every seed of ``exp`` (an
     :class:`~localsgd.experiments.Experiment`), from the initialisations its run starts from
-    (:func:`localsgd.experiments.init_params`). The same operations as the step-size rule's
-    (:func:`localsgd.experiments.step_sizes`), so that the run and its kernel model find them
-    compiled."""
-    from .. import engine, model
+    (:func:`localsgd.experiments.init_params`), in one compiled program per shape."""
+    from .. import engine
 
     clients, _, _ = ex.load_data(exp)
     spec = exp.net_spec(clients.x.shape[-1], clients.y.shape[-1])
@@ -80,9 +79,16 @@ def at_init(exp):
         params0 = jax.tree.map(lambda a: jnp.asarray(a, dtype), params0)
         x = jnp.asarray(np.asarray(clients.x)[np.asarray(clients.mask) > 0], dtype)
         y = np.asarray(clients.y, np.float64)[np.asarray(clients.mask) > 0]
-        lo, hi = jax.vmap(lambda p: theory.gram_extremes(spec, p, x))(params0)
-        out = np.asarray(jax.vmap(lambda p: model.apply(spec, p, x))(params0), np.float64)
+        lo, hi, out = _extremes_and_outputs(spec, params0, x)
     return np.asarray(lo, np.float64), np.asarray(hi, np.float64), kernel.loss(out, y)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _extremes_and_outputs(spec, params0, x):
+    """:func:`at_init`'s ``(lambda_min, lambda_max, outputs)`` of every seed, compiled once per
+    shape rather than run op by op."""
+    return jax.vmap(lambda p: (*theory.gram_extremes(spec, p, x), model.apply(spec, p, x)))(
+        params0)
 
 
 class Planned(NamedTuple):
