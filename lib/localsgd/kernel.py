@@ -582,15 +582,18 @@ def largest_top_eigenvalue(matvec, Q: int, n: int, tol: float = 1e-9,
     n)`` applying the operators ``which`` to the rows of ``V``, where an operator leaves as soon
     as its Ritz value plus its residual falls below the best Ritz value so far (or ``floor``).
     A Ritz value never exceeds its operator's top eigenvalue, so the best one is a lower bound
-    of the answer, and an operator whose residual bound lies below it cannot hold the answer;
-    the operator that does runs to the same convergence as in :func:`top_eigenvalues`. Most
-    operators leave after a few steps (chapter 11's 240 pooled minibatches: 4 of them are
-    left after 5 steps, where each needs 12 to converge). A float."""
+    of the answer, and an operator whose residual bound lies below it cannot hold the answer
+    (taking, as the stopping rule does, the top Ritz value for the approximation of the top
+    eigenvalue, which Lanczos finds first); the operator that does runs to the same
+    convergence as in :func:`top_eigenvalues`. Most operators leave after a few steps
+    (chapter 11's pooled minibatches of 160 digits, 40 at a time: 4 of the first 40 are left
+    after 5 steps, where each needs 12 to converge; the next 40, which start from the best
+    value so far, keep at most 16 after their first step). A float."""
     return float(max(floor, _lanczos(matvec, Q, n, tol, floor).max()))
 
 
 def _lanczos(matvec, Q, n, tol, floor=None):
-    """Block-diagonal Lanczos for :func:`top_eigenvalues` (``floor`` None) and
+    """Lanczos on ``Q`` operators at once, for :func:`top_eigenvalues` (``floor`` None) and
     :func:`largest_top_eigenvalue`: the top Ritz value of every operator when it left, ``(Q,)``;
     ``matvec(V, which)`` is called with the operators still running only."""
     # the start leans towards the all-ones vector, near the top eigenvector of a kernel whose
