@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from functools import partial
+from functools import cache, partial
 from typing import NamedTuple
 
 import jax
@@ -221,13 +221,10 @@ def _tangent_point(spec, trainable, feats):
     trained layer its input ``h_{l-1}`` and the activation's slope ``phi'(g_l)`` at its
     pre-activation, ``[((M, fan_in), (M, m)), ...]``."""
     phi = model.ACTIVATIONS[spec.activation]
-    h, point = feats, []
-    for W in trainable:
-        g = h @ W.T
-        out, slope = jax.jvp(phi, (g,), (jnp.ones_like(g),))  # phi acts entry by entry
-        point.append((h, slope))
-        h = out
-    return point
+    pre = model.preactivations(spec, trainable, feats)
+    inputs = [feats] + [phi(g) for g in pre[:-1]]
+    slopes = [jax.jvp(phi, (g,), (jnp.ones_like(g),))[1] for g in pre]  # phi acts entry by entry
+    return list(zip(inputs, slopes))
 
 
 def _tangent(trainable, B, point, dW):
@@ -469,19 +466,23 @@ def _block_kernels(prob, spec):
                       * (Hr @ np.swapaxes(Hr, 1, 2))[:, :, None, :, None])
             return G.reshape(C, B * d, B * d)
 
-        # in float32: a product streams the (B, d, m) deltas of every set through memory, at half
-        # the bytes (2.6 times as fast for chapter 11's pooled minibatches), 2e-7 relative error,
-        # below Lanczos's tolerance (_LANCZOS_TOL)
-        deltas32 = tuple(jnp.asarray(D, jnp.float32) for D in deltas)
-        with jax.enable_x64(True):
-            inputs64 = tuple(jnp.asarray(H, jnp.float64) for H in inputs)
-            # the inputs' Gram at every pair of training points, once, where it is small: a
-            # set's block is then a gather, not a product of its own (chapter 11's 240 pooled
-            # minibatches of 160 of 1,000 points: 6 times fewer operations)
-            pairs = (tuple(_input_grams(H, None) for H in inputs64)
-                     if N * N <= _KERNEL_ENTRIES else None)
+        @cache
+        def product_factors():  # made on the first product only: dense blocks need none
+            # in float32: a product streams the (B, d, m) deltas of every set through memory, at
+            # half the bytes (2.6 times as fast for chapter 11's pooled minibatches), 2e-7
+            # relative error, below Lanczos's tolerance (_LANCZOS_TOL)
+            deltas32 = tuple(jnp.asarray(D, jnp.float32) for D in deltas)
+            with jax.enable_x64(True):
+                inputs64 = tuple(jnp.asarray(H, jnp.float64) for H in inputs)
+                # the inputs' Gram at every pair of training points, once, where it is small: a
+                # set's block is then a gather, not a product of its own (chapter 11's 240 pooled
+                # minibatches of 160 of 1,000 points: 6 times fewer operations)
+                pairs = (tuple(_input_grams(H, None) for H in inputs64)
+                         if N * N <= _KERNEL_ENTRIES else None)
+            return deltas32, inputs64, pairs
 
         def products_of(rows):
+            deltas32, inputs64, pairs = product_factors()
             with jax.enable_x64(True):
                 rows_dev = jnp.asarray(rows, jnp.int32)
                 grams = (tuple(_input_grams(H, rows_dev) for H in inputs64) if pairs is None
